@@ -1,0 +1,335 @@
+"""Execute the chapters and build the website.
+
+The pipeline (DESIGN.md, "The build pipeline"):
+
+1. ``book/*.md`` are the sources; ``notebooks/*.ipynb`` are their output-free jupytext pairs.
+   :func:`check_pairs` refuses to go on when a pair is out of sync or a notebook carries outputs.
+2. papermill executes each chapter into ``_executed/<mode>/`` (never in place, so a later
+   ``jupytext --sync`` cannot copy papermill's injected cell back into ``book/``). A chapter whose
+   source, parameters and ``latentbook`` code are unchanged is not executed again.
+3. Jupyter Book 1 (Sphinx) builds ``_build/<mode>/html`` from the executed notebooks, executing
+   nothing itself, with warnings as errors. MathJax, require.js and the widget manager are vendored
+   from npm into ``_assets/vendor`` so no page loads anything from outside the site.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Front-end assets, pinned with the integrity hashes the npm registry publishes for them.
+VENDOR = {
+    "mathjax": ("mathjax@3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
+    "requirejs": ("requirejs@2.3.7", "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw=="),
+    "html-manager": ("@jupyter-widgets/html-manager@1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA=="),
+}
+
+DEFAULT_PARAMS = {"MODE": "full", "DEVICE": "auto", "DATASET": "mnist", "SEED": 0}
+
+
+class BuildError(RuntimeError):
+    """A chapter could not be executed or the site could not be built."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding ``_toc.yml`` (the repository root), searched upward from ``start``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "book").is_dir():
+            return folder
+    raise BuildError(f"no latentbook checkout (a folder with _toc.yml and book/) at or above {here}")
+
+
+def chapters(root: Path) -> list[str]:
+    """Chapter stems in table-of-contents order, e.g. ``["preface", "data", ...]``."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+            for part in entry.get("parts", []) or []:
+                walk(part.get("chapters"))
+
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []) or []:
+        walk(part.get("chapters"))
+    return [Path(f).stem for f in files]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Pairing
+
+
+def _cells(path: Path) -> list[tuple[str, str]]:
+    import jupytext
+
+    nb = jupytext.read(path)
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def check_pairs(root: Path) -> list[str]:
+    """Problems with the ``book/*.md`` <-> ``notebooks/*.ipynb`` pairs (empty when all is well)."""
+    problems = []
+    md = {p.stem: p for p in (root / "book").glob("*.md")}
+    nb = {p.stem: p for p in (root / "notebooks").glob("*.ipynb")}
+    for stem in sorted(md.keys() - nb.keys()):
+        problems.append(f"book/{stem}.md has no paired notebooks/{stem}.ipynb (run `make sync`)")
+    for stem in sorted(nb.keys() - md.keys()):
+        problems.append(f"notebooks/{stem}.ipynb has no source book/{stem}.md")
+    for stem in sorted(md.keys() & nb.keys()):
+        raw = json.loads(nb[stem].read_text())
+        dirty = [
+            i
+            for i, c in enumerate(raw["cells"])
+            if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
+        ]
+        if dirty:
+            problems.append(f"notebooks/{stem}.ipynb carries outputs in cells {dirty} (commit it output-free)")
+        if _cells(md[stem]) != _cells(nb[stem]):
+            problems.append(f"book/{stem}.md and notebooks/{stem}.ipynb differ (run `make sync`)")
+    for stem in chapters(root):
+        if stem not in md:
+            problems.append(f"_toc.yml lists {stem!r} but book/{stem}.md does not exist")
+    return problems
+
+
+def sync(root: Path) -> None:
+    """Rewrite every ``notebooks/*.ipynb`` from its ``book/*.md`` source, output-free."""
+    import jupytext
+
+    for md in sorted((root / "book").glob("*.md")):
+        nb = jupytext.read(md)
+        for i, cell in enumerate(nb.cells):
+            # Ids from position and content, so that a sync with no change in book/ changes no file.
+            cell.id = f"c{i:03d}-" + hashlib.sha1(cell.source.encode()).hexdigest()[:8]
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        _atomic_write_text(root / "notebooks" / f"{md.stem}.ipynb", jupytext.writes(nb, fmt="ipynb"))
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Execution
+
+
+def code_fingerprint() -> str:
+    """SHA-256 over the ``latentbook`` package source: a changed helper re-executes the chapters."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def chapter_key(root: Path, stem: str, params: dict) -> str:
+    """What decides whether an executed chapter is still current."""
+    h = hashlib.sha256()
+    h.update((root / "book" / f"{stem}.md").read_bytes())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(code_fingerprint().encode())
+    return h.hexdigest()
+
+
+@dataclass
+class ChapterRun:
+    stem: str
+    seconds: float
+    status: str  # "executed" or "up to date"
+
+
+def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None = None, force: bool = False,
+            log=print) -> list[ChapterRun]:
+    """Execute the chapters with papermill into ``out_dir``; skip those already current."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = chapters(root)
+    if only:
+        unknown = sorted(set(only) - set(stems))
+        if unknown:
+            raise BuildError(f"unknown chapter(s) {unknown}; the chapters are {stems}")
+        stems = [s for s in stems if s in only]
+    env = {"LATENTBOOK_PROGRESS": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    runs = []
+    for stem in stems:
+        key = chapter_key(root, stem, params)
+        target, stamp = out_dir / f"{stem}.ipynb", out_dir / f"{stem}.json"
+        if not force and target.is_file() and stamp.is_file():
+            recorded = json.loads(stamp.read_text())
+            if recorded.get("key") == key:
+                runs.append(ChapterRun(stem, recorded["seconds"], "up to date"))
+                continue
+        log(f"executing {stem} ({', '.join(f'{k}={v!r}' for k, v in params.items())}) ...")
+        partial = out_dir / f".{stem}.partial.ipynb"
+        start = time.perf_counter()
+        old_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            papermill.execute_notebook(
+                str(root / "notebooks" / f"{stem}.ipynb"),
+                str(partial),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(out_dir),
+                progress_bar=False,
+                report_mode=False,
+            )
+        except Exception as exc:  # papermill's error names the failing cell; keep the partial output to inspect
+            raise BuildError(f"chapter {stem!r} failed: {exc}\n(the partly executed notebook is {partial})") from exc
+        finally:
+            for k, v in old_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        seconds = time.perf_counter() - start
+        os.replace(partial, target)
+        _atomic_write_text(stamp, json.dumps({"key": key, "seconds": seconds, "params": params}))
+        runs.append(ChapterRun(stem, seconds, "executed"))
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Site
+
+
+def vendor_assets(root: Path, log=print) -> Path:
+    """Fetch the pinned front-end packages from npm into ``_assets/vendor`` (only when missing)."""
+    vendor = root / "_assets" / "vendor"
+    for name, (spec, integrity) in VENDOR.items():
+        target = vendor / name
+        if (target / ".integrity").is_file() and (target / ".integrity").read_text() == integrity:
+            continue
+        if shutil.which("npm") is None:
+            raise BuildError(f"npm is needed once to fetch {spec} (install Node.js and npm)")
+        log(f"fetching {spec} from npm ...")
+        vendor.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=vendor) as tmp:
+            proc = subprocess.run(["npm", "pack", spec, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=300)
+            tgz = next(Path(tmp).glob("*.tgz"), None)
+            if proc.returncode or tgz is None:
+                raise BuildError(f"`npm pack {spec}` failed: {proc.stderr.strip()[-500:]}")
+            algo, digest = integrity.split("-", 1)
+            actual = base64.b64encode(hashlib.new(algo, tgz.read_bytes()).digest()).decode()
+            if actual != digest:
+                raise BuildError(f"{spec}: integrity mismatch (expected {integrity}, got {algo}-{actual})")
+            unpacked = Path(tmp) / "unpacked"
+            with tarfile.open(tgz) as tar:
+                tar.extractall(unpacked, filter="data")
+            package = unpacked / "package"
+            for junk in package.rglob("*.map"):  # source maps: large and never requested
+                junk.unlink()
+            (package / ".integrity").write_text(integrity)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(package, target)
+    return vendor
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    # Keep unchanged files untouched so Sphinx's incremental build sees nothing new.
+    if dst.is_file() and dst.read_bytes() == src.read_bytes():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+
+
+def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
+    """Jupyter Book 1 (through Sphinx) from the executed notebooks; warnings are errors."""
+    src = out / "src"
+    html = out / "html"
+    src.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        _copy_if_changed(root / name, src / name)
+    for extra in ("references.bib",):
+        if (root / extra).is_file():
+            _copy_if_changed(root / extra, src / extra)
+    missing = [stem for stem in chapters(root) if not (executed / f"{stem}.ipynb").is_file()]
+    if missing:
+        raise BuildError(f"not executed yet in {executed}: {missing} (build without --chapters, or use --no-site)")
+    for stem in chapters(root):
+        _copy_if_changed(executed / f"{stem}.ipynb", src / "notebooks" / f"{stem}.ipynb")
+    if (root / "book" / "images").is_dir():
+        for img in (root / "book" / "images").rglob("*"):
+            if img.is_file():
+                _copy_if_changed(img, src / "notebooks" / "images" / img.relative_to(root / "book" / "images"))
+    assets = src / "assets"
+    assets.mkdir(exist_ok=True)
+    link = assets / "vendor"
+    vendor = vendor_assets(root, log=log)
+    if not link.is_symlink():
+        if link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(vendor, target_is_directory=True)
+    jb = [str(Path(sys.executable).with_name("jupyter-book"))]
+    proc = subprocess.run([*jb, "config", "sphinx", str(src)], capture_output=True, text=True)
+    if proc.returncode:
+        raise BuildError(f"jupyter-book config sphinx failed:\n{proc.stdout}\n{proc.stderr}")
+    # sphinx-thebe (live code via an external server) adds its script once more on every page it
+    # renders, a JavaScript error from the second page on; the book does not use it, so drop it.
+    conf = src / "conf.py"
+    conf.write_text(conf.read_text() + '\nextensions = [e for e in extensions if e != "sphinx_thebe"]\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", "-d", str(out / "doctrees"), str(src), str(html)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode:
+        raise BuildError(f"the site build failed (warnings are errors):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return html
+
+
+def build(root: Path | None = None, params: dict | None = None, *, only: list[str] | None = None,
+          force: bool = False, site: bool = True, log=print) -> tuple[Path | None, list[ChapterRun]]:
+    """Check, execute and build; returns the site folder and each chapter's timing."""
+    root = root or project_root()
+    params = {**DEFAULT_PARAMS, **(params or {})}
+    from latentbook.runmode import get_mode
+
+    get_mode(params["MODE"])  # a nonsense mode fails here, before any chapter runs
+    problems = check_pairs(root)
+    if problems:
+        raise BuildError("the chapters and their notebooks are out of step:\n  " + "\n  ".join(problems))
+    mode = params["MODE"]
+    executed = root / "_executed" / mode
+    runs = execute(root, params, executed, only=only, force=force, log=log)
+    html = None
+    if site:
+        start = time.perf_counter()
+        html = build_site(root, executed, root / "_build" / mode, log=log)
+        runs.append(ChapterRun("(site build)", time.perf_counter() - start, "built"))
+    return html, runs
+
+
+def timing_table(runs: list[ChapterRun]) -> str:
+    width = max([len(r.stem) for r in runs] + [7])
+    lines = [f"{'chapter':<{width}}  {'seconds':>8}  status", f"{'-' * width}  {'-' * 8}  {'-' * 10}"]
+    for r in runs:
+        lines.append(f"{r.stem:<{width}}  {r.seconds:8.1f}  {r.status}")
+    return "\n".join(lines)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

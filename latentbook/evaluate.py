@@ -1,0 +1,408 @@
+"""Evaluation: codes, reconstructions, likelihoods, probes and anomaly metrics.
+
+Every function here works on any of the book's models through one dispatch point
+(:func:`encode` / :func:`reconstruct`):
+
+- PCA (anything with ``transform`` and ``inverse_transform``),
+- autoencoders (``encode(x) -> z``, ``decode(z) -> x_hat``),
+- VAEs (``encode(x) -> (mu, logvar)``; the code of an image is its posterior mean ``mu``).
+
+Model-facing functions run under ``torch.no_grad`` in eval mode, move one batch at a time to the
+model's device (so a GPU never holds more than a batch) and return results on the device of ``x``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from latentbook import losses, train
+
+__all__ = [
+    "model_device",
+    "encode",
+    "decode",
+    "reconstruct",
+    "per_sample_errors",
+    "reconstruction_mse",
+    "psnr",
+    "test_elbo",
+    "log_likelihood",
+    "active_units",
+    "linear_probe",
+    "anomaly_scores",
+    "threshold_at_percentile",
+    "roc_auc",
+    "detection_report",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch and batching
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_pca(model: Any) -> bool:
+    return hasattr(model, "transform") and hasattr(model, "inverse_transform")
+
+
+def _check_model(model: Any) -> None:
+    if _is_pca(model) or (hasattr(model, "encode") and hasattr(model, "decode")):
+        return
+    raise TypeError(
+        f"cannot evaluate a {type(model).__name__}: expected a PCA (transform/inverse_transform) "
+        "or an autoencoder/VAE (encode/decode)"
+    )
+
+
+def model_device(model: Any) -> torch.device:
+    """The device a model computes on: that of its first parameter/buffer (or fitted tensor).
+
+    Accepts an ``nn.Module``, a fitted PCA (its ``mean_``/``components_`` tensors) or a bound
+    method of either (e.g. ``vae.decode``). Falls back to CPU when nothing tells.
+    """
+    owner = getattr(model, "__self__", model)  # a bound method: look at its object
+    if isinstance(owner, nn.Module):
+        for t in itertools.chain(owner.parameters(), owner.buffers()):
+            return t.device
+    for name in ("mean_", "components_"):
+        t = getattr(owner, name, None)
+        if isinstance(t, Tensor):
+            return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Evaluate in eval mode (dropout/batch-norm off) and give the model back as it was."""
+    owner = getattr(model, "__self__", model)
+    if not isinstance(owner, nn.Module):
+        yield
+        return
+    was_training = owner.training
+    owner.eval()
+    try:
+        yield
+    finally:
+        owner.train(was_training)
+
+
+def _check_x(x: Any, name: str = "x") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor batch ([N, 1, 28, 28] or [N, D]), got {type(x).__name__}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch ([N, 1, 28, 28] or [N, D]), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point in [0, 1], got dtype {x.dtype}")
+    return x
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+def _map_batches(model: Any, fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, name: str = "x") -> Tensor:
+    """``fn`` applied to ``x`` batch by batch on the model's device; results concatenated on ``x.device``."""
+    x = _check_x(x, name)
+    _check_batch_size(batch_size)
+    device = model_device(model)
+    outs = []
+    with torch.no_grad(), _eval_mode(model):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device)
+            outs.append(fn(xb).to(x.device))
+    return torch.cat(outs)
+
+
+def _encode_batch(model: Any, xb: Tensor) -> Tensor:
+    """The code of each image in a batch: ``xb [B, ...] -> [B, d]``. The one dispatch point."""
+    if _is_pca(model):
+        return model.transform(xb)
+    z = model.encode(xb)
+    # A VAE's encoder returns (mu, logvar); its deterministic code is the posterior mean.
+    return z[0] if isinstance(z, (tuple, list)) else z
+
+
+def _reconstruct_batch(model: Any, xb: Tensor) -> Tensor:
+    """``xb [B, ...] -> x_hat`` with the shape of ``xb``."""
+    z = _encode_batch(model, xb)
+    # PCA: no clipping to [0, 1]. The unclipped x_hat is the orthogonal projection onto the
+    # principal subspace, whose squared error is the sum of the discarded eigenvalues (Eckart-Young);
+    # clipping would make PCA's error no longer the quantity the theory and the tests talk about.
+    # Plots clip for display anyway (imshow with vmin=0, vmax=1).
+    x_hat = model.inverse_transform(z) if _is_pca(model) else model.decode(z)
+    return x_hat.reshape(xb.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codes and reconstructions
+# ---------------------------------------------------------------------------------------------
+
+
+def encode(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Codes of ``x [N, 1, 28, 28]`` (or ``[N, D]`` for PCA): ``[N, d]``.
+
+    PCA: ``transform``; autoencoder: ``encode``; VAE: the posterior mean ``mu``.
+    """
+    _check_model(model)
+    return _map_batches(model, lambda xb: _encode_batch(model, xb), x, batch_size)
+
+
+def decode(model: Any, z: Tensor, batch_size: int = 1024) -> Tensor:
+    """Images decoded from codes ``z [N, d]``: ``[N, 1, 28, 28]`` (PCA: ``inverse_transform``, unclipped;
+    ``[N, D]`` if it was not fitted on 28x28 images). VAE: the decoder's mean image."""
+    _check_model(model)
+    if _is_pca(model):
+        def fn(zb: Tensor) -> Tensor:
+            x_hat = model.inverse_transform(zb)
+            return x_hat.reshape(-1, 1, 28, 28) if x_hat.shape[1] == 28 * 28 else x_hat
+        return _map_batches(model, fn, z, batch_size, name="z")
+    return _map_batches(model, model.decode, z, batch_size, name="z")
+
+
+def reconstruct(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Reconstructions of ``x [N, 1, 28, 28]``, same shape.
+
+    PCA: ``inverse_transform(transform(x))`` (not clipped); autoencoder: ``decode(encode(x))``;
+    VAE: ``decode(mu)``, the decoder's mean image at the posterior mean (no sampling).
+    """
+    _check_model(model)
+    return _map_batches(model, lambda xb: _reconstruct_batch(model, xb), x, batch_size)
+
+
+def per_sample_errors(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Squared reconstruction error per image, averaged over pixels: ``x [N, 1, 28, 28] -> [N]``."""
+    _check_model(model)
+    return _map_batches(model, lambda xb: losses.mse(_reconstruct_batch(model, xb), xb), x, batch_size)
+
+
+def reconstruction_mse(model: Any, x: Tensor, batch_size: int = 1024) -> float:
+    """Mean squared error per pixel over all of ``x [N, 1, 28, 28]`` (mean of :func:`per_sample_errors`)."""
+    # Every image has the same number of pixels, so the mean of per-image means is the per-pixel mean.
+    return per_sample_errors(model, x, batch_size).double().mean().item()
+
+
+def psnr(x_hat: Tensor, x: Tensor, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``, MSE over all pixels.
+
+    ``x_hat`` and ``x`` have the same shape (e.g. ``[N, 1, 28, 28]``); identical inputs give ``inf``.
+    """
+    if not isinstance(x_hat, Tensor) or not isinstance(x, Tensor):
+        raise TypeError("psnr expects two tensors")
+    if x_hat.shape != x.shape:
+        raise ValueError(f"x_hat {tuple(x_hat.shape)} and x {tuple(x.shape)} must have the same shape")
+    if x.numel() == 0:
+        raise ValueError("psnr of empty tensors is undefined")
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0, got {data_range}")
+    mse = (x_hat.double() - x.double().to(x_hat.device)).pow(2).mean().item()
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE: ELBO, importance-weighted log-likelihood, active units
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_vae(vae: Any, needs: str) -> None:
+    if not callable(getattr(vae, needs, None)):
+        raise TypeError(f"expected a VAE with a .{needs}() method, got {type(vae).__name__}")
+
+
+def test_elbo(vae: Any, x: Tensor, batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
+    """Test-set means, in nats per image, of the VAE's ELBO and its two parts: ``{"elbo", "recon", "kl"}``.
+
+    ``x: [N, 1, 28, 28]``. ``recon = -E_q[log p(x|z)]`` (one reparameterised sample per image, drawn
+    from a generator seeded with ``seed``, so repeated calls agree), ``kl = KL(q(z|x) || p(z))`` and
+    ``elbo = -(recon + kl)``, whatever β the model was trained with.
+    """
+    _check_vae(vae, "loss")
+    _check_batch_size(batch_size)
+    # The trainer's evaluation pass already averages every term of .loss over a data set, batch by batch.
+    terms = train.evaluate_terms(vae, _check_x(x), batch_size=batch_size, seed=seed)
+    missing = [k for k in ("elbo", "recon", "kl") if k not in terms]
+    if missing:
+        raise TypeError(f"{type(vae).__name__}.loss() reports {sorted(terms)}, not {missing}: is it a VAE?")
+    return {k: terms[k] for k in ("elbo", "recon", "kl")}
+
+
+test_elbo.__test__ = False  # a metric, not a test: keep pytest from collecting it where it is imported
+
+
+def log_likelihood(vae: Any, x: Tensor, k: int = 5000, batch_size: int = 100, seed: int | None = 0) -> float:
+    """Mean importance-weighted estimate of ``log p(x)`` in nats (Burda et al. 2015), ``x: [N, 1, 28, 28]``.
+
+    Calls ``vae.log_likelihood(x_chunk, k) -> [B]`` on ``batch_size`` images at a time; the model
+    draws the k samples in chunks itself, so memory does not grow with k. ``seed`` seeds the
+    samples (``None``: torch's global generator).
+    """
+    _check_vae(vae, "log_likelihood")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k (importance samples per image) must be a positive integer, got {k!r}")
+    kwargs = {} if seed is None else {"generator": torch.Generator(model_device(vae)).manual_seed(seed)}
+    ll = _map_batches(vae, lambda xb: vae.log_likelihood(xb, k, **kwargs), x, batch_size)
+    return ll.double().mean().item()
+
+
+def active_units(vae: Any, x: Tensor, threshold: float = 0.01, batch_size: int = 1024) -> tuple[int, Tensor]:
+    """Active latent units (Burda et al. 2015): dimension u is active if ``Cov_x(E_q[z_u | x]) > threshold``.
+
+    ``x: [N, 1, 28, 28]`` with ``N >= 2``. Returns ``(count, variance [d])``, the variance over
+    ``x`` of each dimension of the posterior mean (unbiased estimate), on CPU.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if x.shape[0] < 2:
+        raise ValueError(f"active_units needs at least 2 images to estimate a variance, got {x.shape[0]}")
+    mu = encode(vae, x, batch_size).double().cpu()
+    var = mu.var(dim=0)
+    return int((var > threshold).sum()), var.float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if isinstance(a, Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _balanced_subset(y: np.ndarray, n_labels: int, seed: int) -> np.ndarray:
+    """Indices of ``n_labels`` examples, as equal a share per class as possible (the remainder goes to
+    randomly chosen classes), drawn without replacement with ``seed``."""
+    classes = np.unique(y)
+    if n_labels < len(classes):
+        raise ValueError(f"n_labels={n_labels} is fewer than the {len(classes)} classes; need >= 1 per class")
+    rng = np.random.default_rng(seed)
+    per_class = np.full(len(classes), n_labels // len(classes))
+    per_class[rng.choice(len(classes), n_labels % len(classes), replace=False)] += 1
+    picked = []
+    for c, m in zip(classes, per_class):
+        idx = np.flatnonzero(y == c)
+        if m > len(idx):
+            raise ValueError(f"n_labels={n_labels} asks for {m} examples of class {c} but there are only {len(idx)}")
+        picked.append(rng.choice(idx, m, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def linear_probe(
+    codes_train: Any,
+    y_train: Any,
+    codes_test: Any,
+    y_test: Any,
+    n_labels: int | None = None,
+    seed: int = 0,
+    max_iter: int = 5000,
+) -> float:
+    """Test accuracy of a logistic-regression classifier on standardised codes.
+
+    ``codes_*: [N, d]`` (tensors or arrays; images are flattened), ``y_*: [N]`` integer labels.
+    With ``n_labels``, it trains on a class-balanced random subset of that many training codes
+    (seeded by ``seed``) to measure how useful a code is when labels are scarce.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    Xtr, Xte, ytr, yte = (_to_numpy(a) for a in (codes_train, codes_test, y_train, y_test))
+    Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float64)
+    Xte = Xte.reshape(len(Xte), -1).astype(np.float64)
+    if Xtr.shape[1] != Xte.shape[1]:
+        raise ValueError(f"train codes have {Xtr.shape[1]} features but test codes have {Xte.shape[1]}")
+    if len(Xtr) != len(ytr) or len(Xte) != len(yte):
+        raise ValueError(
+            f"codes and labels differ in length: train {len(Xtr)} vs {len(ytr)}, test {len(Xte)} vs {len(yte)}"
+        )
+    if len(Xte) == 0:
+        raise ValueError("the test set is empty")
+    if n_labels is not None:
+        idx = _balanced_subset(ytr, int(n_labels), seed)
+        Xtr, ytr = Xtr[idx], ytr[idx]
+    if len(np.unique(ytr)) < 2:
+        raise ValueError("the training labels hold a single class; a classifier needs at least two")
+    # Standardised features keep lbfgs well conditioned; scikit-learn warns if max_iter is too few.
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    clf.fit(Xtr, ytr)
+    return float((clf.predict(Xte) == yte).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Anomaly detection
+# ---------------------------------------------------------------------------------------------
+
+
+def anomaly_scores(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Anomaly score of each image: its reconstruction error (:func:`per_sample_errors`), ``[N]``."""
+    return per_sample_errors(model, x, batch_size)
+
+
+def _scores(a: Any, name: str) -> np.ndarray:
+    s = _to_numpy(a).astype(np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{name} contains NaN or infinite scores")
+    return s
+
+
+def threshold_at_percentile(normal_scores: Any, q: float = 95) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation) of scores on normal data, ``[N] -> float``.
+
+    Flagging scores above it marks about ``100 - q`` % of normal data as anomalous.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"q is a percentile and must lie in [0, 100], got {q}")
+    return float(np.percentile(_scores(normal_scores, "normal_scores"), q))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, tied values sharing the average of the ranks they span."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based position of each distinct value's first copy
+    return (first + (counts + 1) / 2.0)[inverse]
+
+
+def roc_auc(scores_normal: Any, scores_anomalous: Any) -> float:
+    """Area under the ROC curve for "higher score = anomalous", ``[N0], [N1] -> float``.
+
+    Mann-Whitney: AUC = P(score_anomalous > score_normal) + P(tie) / 2, computed from the rank
+    sum of the anomalous scores among all scores (ties get average ranks).
+    """
+    s0, s1 = _scores(scores_normal, "scores_normal"), _scores(scores_anomalous, "scores_anomalous")
+    ranks = _average_ranks(np.concatenate([s0, s1]))
+    n0, n1 = len(s0), len(s1)
+    u = ranks[n0:].sum() - n1 * (n1 + 1) / 2.0
+    return float(u / (n0 * n1))
+
+
+def detection_report(scores_normal: Any, scores_anomalous: Any, threshold: float) -> dict[str, float]:
+    """Flag ``score > threshold`` as anomalous; anomalies are the positive class.
+
+    ``scores_normal: [N0]``, ``scores_anomalous: [N1]``. Returns ``precision``, ``recall``, ``f1``
+    (0 where undefined, as scikit-learn reports it), the threshold-free ``roc_auc`` and ``threshold``.
+    """
+    s0, s1 = _scores(scores_normal, "scores_normal"), _scores(scores_anomalous, "scores_anomalous")
+    tp = int((s1 > threshold).sum())
+    fp = int((s0 > threshold).sum())
+    fn = len(s1) - tp
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": roc_auc(s0, s1),
+        "threshold": float(threshold),
+    }

@@ -1,0 +1,159 @@
+"""The whole book in smoke mode: every chapter executed by papermill, the site built by Jupyter Book
+with warnings as errors, and every page opened in headless Chromium.
+
+Screenshots of every page are left in ``_build/smoke/screenshots/`` to look at.
+"""
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from latentbook import build
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = build.chapters(ROOT)
+SMOKE = {"MODE": "smoke", "DEVICE": "cpu", "DATASET": "mnist", "SEED": 0}
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def smoke_build():
+    html, runs = build.build(ROOT, SMOKE)
+    table = build.timing_table(runs)
+    (ROOT / "_build" / "smoke" / "timings.txt").write_text(table + "\n")
+    print("\n" + table)
+    return html, runs
+
+
+def test_every_chapter_executes_in_smoke_mode(smoke_build):
+    _, runs = smoke_build
+    assert [r.stem for r in runs if r.stem in CHAPTERS] == CHAPTERS
+    for stem in CHAPTERS:
+        nb = nbformat.read(ROOT / "_executed" / "smoke" / f"{stem}.ipynb", as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and 'MODE = "smoke"' in injected[0].source, stem
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                assert out.output_type != "error", (stem, out)
+                if out.output_type == "stream" and out.name == "stderr":
+                    assert "Traceback" not in out.text and "Error" not in out.text, (stem, out.text)
+        assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])), stem
+
+
+def test_smoke_budget(smoke_build):
+    """DESIGN.md: every chapter in smoke mode within 5 minutes in all (kernel starts included)."""
+    _, runs = smoke_build
+    executed = [r for r in runs if r.stem in CHAPTERS and r.status == "executed"]
+    assert sum(r.seconds for r in executed) < 300, build.timing_table(runs)
+
+
+def test_rebuild_with_nothing_changed_executes_nothing(smoke_build):
+    start = time.perf_counter()
+    _, runs = build.build(ROOT, SMOKE)
+    elapsed = time.perf_counter() - start
+    assert {r.status for r in runs if r.stem in CHAPTERS} == {"up to date"}
+    assert elapsed < 60, f"no-change rebuild took {elapsed:.1f} s"
+
+
+def test_changed_parameters_reexecute(smoke_build, tmp_path):
+    key_a = build.chapter_key(ROOT, CHAPTERS[0], SMOKE)
+    key_b = build.chapter_key(ROOT, CHAPTERS[0], {**SMOKE, "SEED": 1})
+    assert key_a != key_b
+
+
+def test_unknown_chapter_and_mode_are_refused():
+    with pytest.raises(build.BuildError, match="unknown chapter"):
+        build.execute(ROOT, SMOKE, ROOT / "_executed" / "smoke", only=["no-such-chapter"])
+    with pytest.raises(ValueError, match="unknown MODE"):
+        build.build(ROOT, {"MODE": "fast"})
+
+
+@pytest.fixture(scope="session")
+def site(smoke_build):
+    html, _ = smoke_build
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_page_in_browser(site, browser, stem):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside = []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(site) or url.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            outside.append(url)
+            r.abort()
+
+    page.route("**/*", route)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{site}/notebooks/{stem}.html", wait_until="load")
+    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30000)
+    page.evaluate("() => MathJax.startup.promise")
+    page.wait_for_timeout(300)
+    shots = ROOT / "_build" / "smoke" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"{stem}.png"), full_page=True)
+
+    assert outside == [], f"requests leaving the site: {outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+    # math is typeset: MathJax containers exist, and no raw delimiters are left in the prose
+    assert page.locator("mjx-container").count() > 0
+    prose = page.evaluate(
+        """() => { const m = document.querySelector('main').cloneNode(true);
+                   m.querySelectorAll('pre, code, .cell_input, mjx-container, script').forEach(e => e.remove());
+                   return m.innerText; }"""
+    )
+    for raw in ("$$", "\\(", "\\[", "{glue:text}", "{glue}"):
+        assert raw not in prose, f"unrendered {raw!r} on {stem}"
+    # every image loaded, and figures are there
+    broken = page.evaluate("() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+    assert broken == []
+    assert page.locator(".cell_output img").count() >= 1
+    # no cell shows an error
+    assert page.locator(".cell_output .output.error, .cell_output .traceback").count() == 0
+    assert "Traceback" not in page.locator("main").inner_text()
+    # the closing sections rendered as sections (an unclosed fence would swallow them)
+    headings = page.locator("main h2").all_inner_texts()
+    for section in ("Summary", "References"):
+        assert any(section in h for h in headings), (stem, headings)
+    # the page states its parameters, and links to its notebook on Colab
+    assert 'MODE = "smoke"' in page.locator("main").inner_text()
+    colab = page.locator("a[href*='colab.research.google.com']")
+    assert colab.count() >= 1
+    assert colab.first.get_attribute("href").endswith(f"/blob/main/notebooks/{stem}.ipynb")
+    page.close()

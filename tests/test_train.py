@@ -1,0 +1,306 @@
+"""The trainer and the model cache: learning on real MNIST, reproducibility, divergence, cache integrity."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from latentbook import data
+from latentbook import models as M
+from latentbook import train as T
+
+TINY = {"arch": "mlp_ae", "latent_dim": 2, "hidden": [32]}
+CACHE_RUN = dict(n_train=256, epochs=1, batch_size=64, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Train on one intra-op thread. On a loaded 2-core machine (notebooks executing beside the
+    tests) torch's spinning OpenMP threads made these small fits ~10x slower; alone, one thread
+    costs at most ~1.5x. The results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """2,000 real training images and 500 test images, [N, 1, 28, 28] in [0, 1]."""
+    x, _ = data.load("mnist", "train", n=2000)
+    x_test, _ = data.load("mnist", "test", n=500)
+    return x, x_test
+
+
+def _weights(model):
+    return [t.clone() for t in model.state_dict().values()]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(s, t) for s, t in zip(a, b))
+
+
+def _fit_fresh(spec, x, seed=0, **kw):
+    torch.manual_seed(0)  # same initial weights; `seed` drives the training randomness only
+    model = M.build(spec)
+    history = T.fit(model, x, seed=seed, device="cpu", progress=False, **kw)
+    return model, history
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fit_lowers_the_loss_on_real_mnist(mnist):
+    x, x_test = mnist
+    torch.manual_seed(0)
+    model = M.build({"arch": "mlp_ae", "latent_dim": 2})
+    mse = lambda: ((model(x_test) - x_test) ** 2).mean().item()  # noqa: E731
+    with torch.no_grad():
+        before, mse_before = T.evaluate_terms(model, x_test), mse()
+    history = T.fit(model, x, epochs=2, batch_size=128, x_val=x_test, device="cpu", progress=False)
+    with torch.no_grad():
+        after, mse_after = T.evaluate_terms(model, x_test), mse()
+    # An untrained sigmoid decoder scores ~543 nats per image (784·log 2); two short epochs roughly halve it.
+    assert after["loss"] < 0.6 * before["loss"]
+    assert mse_after < 0.75 * mse_before
+    assert history.train["loss"][1] < history.train["loss"][0]
+    assert set(history.train) == set(history.val) == {"loss", "recon"}
+    assert len(history.train["recon"]) == len(history.val["loss"]) == len(history.epoch_time) == history.epochs == 2
+    assert history["val_loss"][-1] == pytest.approx(after["loss"], rel=1e-6)  # val = the same evaluation
+    assert all(t > 0 for t in history.epoch_time)
+    assert not model.training
+
+
+def test_same_seed_is_bit_identical_and_another_seed_is_not(mnist):
+    x = mnist[0][:384]
+    spec = {"arch": "vae", "latent_dim": 2, "hidden": [32]}  # exercises the shuffle, binarisation and z draws
+    kw = dict(epochs=2, batch_size=64, binarize="dynamic", kl_warmup_epochs=1)
+    m1, h1 = _fit_fresh(spec, x, seed=1, **kw)
+    m2, h2 = _fit_fresh(spec, x, seed=1, **kw)
+    m3, _ = _fit_fresh(spec, x, seed=2, **kw)
+    assert _same(_weights(m1), _weights(m2))
+    assert h1.train == h2.train
+    assert not _same(_weights(m1), _weights(m3))
+
+
+def test_iterable_of_batches_is_a_drop_in(mnist):
+    x = mnist[0][:300]
+    # The batches fit draws from a tensor: a permutation from a generator seeded with `seed`.
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(5))
+    batches = [x[perm[i : i + 64]] for i in range(0, 300, 64)]
+    m_tensor, h_tensor = _fit_fresh(TINY, x, seed=5, epochs=1, batch_size=64)
+    m_list, h_list = _fit_fresh(TINY, batches, seed=5, epochs=1, batch_size=64)
+    assert _same(_weights(m_tensor), _weights(m_list))
+    assert h_tensor.train == h_list.train
+
+    loader = DataLoader(TensorDataset(x, torch.zeros(300)), batch_size=64, shuffle=True)  # (x, y) items
+    _, h = _fit_fresh(TINY, loader, epochs=3, batch_size=64)
+    assert h.train["loss"][-1] < h.train["loss"][0]
+    with pytest.raises(ValueError, match="no batches"):  # a generator is spent after one epoch
+        _fit_fresh(TINY, (b for b in batches), epochs=2)
+
+
+class _NaNAfter(M.MLPAutoencoder):
+    """An autoencoder whose loss turns NaN at its ``bad_call``-th call."""
+
+    def __init__(self, bad_call: int):
+        super().__init__(latent_dim=2, hidden=(16,))
+        self.bad_call, self.calls = bad_call, 0
+
+    def loss(self, x, **kw):
+        out = super().loss(x, **kw)
+        self.calls += 1
+        if self.calls == self.bad_call:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nan_loss_raises_naming_epoch_and_step(mnist):
+    x = mnist[0][:320]  # 20 steps per epoch at batch 16
+    model = _NaNAfter(bad_call=27)  # past one finiteness check: epoch 2, step 7
+    with pytest.raises(T.TrainingDivergedError, match=r"epoch 2, step 7: loss=nan, recon=[0-9.]+\.") as info:
+        T.fit(model, x, epochs=3, batch_size=16, device="cpu", progress=False)
+    assert isinstance(info.value, RuntimeError) and (info.value.epoch, info.value.step) == (2, 7)
+    torch.manual_seed(0)
+    with pytest.raises(T.TrainingDivergedError, match="epoch 1, step"):  # a real blow-up
+        T.fit(M.build(TINY), x, epochs=2, lr=1e10, device="cpu", progress=False)
+
+
+class _Spy(M.VAE):
+    """A VAE that records what the trainer passes to its loss."""
+
+    def __init__(self):
+        super().__init__(latent_dim=2, hidden=(16,))
+        self.seen = []
+
+    def loss(self, x, **kw):
+        self.seen.append({"x": x.detach().clone(), **{k: v for k, v in kw.items() if k != "generator"}})
+        return super().loss(x, **kw)
+
+
+def test_warmup_binarisation_and_transform_reach_the_loss(mnist):
+    x = mnist[0][:256]  # 4 steps per epoch at batch 64
+    spy = _Spy()
+    T.fit(spy, x, epochs=3, batch_size=64, kl_warmup_epochs=2, binarize="dynamic", device="cpu", progress=False)
+    assert [s["kl_weight"] for s in spy.seen] == pytest.approx([i / 8 for i in range(1, 9)] + [1.0] * 4)
+    binary = torch.cat([s["x"] for s in spy.seen])
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    assert binary.mean().item() == pytest.approx(x.mean().item(), abs=0.01)  # E[Bernoulli(x)] = x
+
+    spy = _Spy()
+    T.fit(spy, x, epochs=1, batch_size=64, transform=lambda xb, g: 1.0 - xb, device="cpu", progress=False)
+    for s in spy.seen:  # the model sees the corrupted input and reconstructs the clean target
+        torch.testing.assert_close(s["x"], 1.0 - s["target"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shaped like its input"):
+        T.fit(_Spy(), x, epochs=1, transform=lambda xb, g: xb[:1], device="cpu", progress=False)
+    with pytest.raises(ValueError, match="needs a model with a KL term"):
+        T.fit(M.build(TINY), x, epochs=1, kl_warmup_epochs=1, device="cpu", progress=False)
+
+
+def test_fit_rejects_bad_arguments(mnist):
+    x = mnist[0][:64]
+    model = M.build(TINY)
+    cases = [
+        (dict(epochs=0), "epochs must be an integer >= 1"),
+        (dict(epochs=1, lr=-1.0), "lr must be a positive number"),
+        (dict(epochs=1, binarize="static"), "binarize must be None or 'dynamic'"),
+        (dict(epochs=1, loss_kwargs={"beta": 2.0}), r"does not accept \['beta'\]"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            T.fit(model, x, device="cpu", progress=False, **kwargs)
+    with pytest.raises(ValueError, match="floats in"):
+        T.fit(model, (x * 255).to(torch.uint8), epochs=1, device="cpu", progress=False)
+
+
+def test_progress_bar_follows_the_flag_and_the_environment(mnist, monkeypatch, capsys):
+    x = mnist[0][:64]
+    monkeypatch.setenv("LATENTBOOK_PROGRESS", "1")
+    T.fit(M.build(TINY), x, epochs=2, device="cpu", progress=True)
+    assert "epoch=2/2" in capsys.readouterr().err
+    T.fit(M.build(TINY), x, epochs=1, device="cpu", progress=False)
+    monkeypatch.setenv("LATENTBOOK_PROGRESS", "0")
+    T.fit(M.build(TINY), x, epochs=1, device="cpu", progress=True)
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The model cache
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Counts calls of train.fit (still training for real)."""
+    calls = []
+    real_fit = T.fit
+
+    def counting_fit(*args, **kwargs):
+        calls.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(T, "fit", counting_fit)
+    return calls
+
+
+def test_cached_model_reloads_bit_identical_without_training(tmp_path, fit_calls):
+    rng_before = torch.get_rng_state()
+    m1, h1 = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's random stream is untouched
+    m2, h2 = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    assert len(fit_calls) == 1
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert _same(_weights(m1), _weights(m2)) and h1 == h2 and not m2.training
+    # {"arch": "mlp_ae", ...} and its spelled-out defaults are the same model: same entry
+    T.train_cached({**TINY, "output": "sigmoid"}, cache_dir=tmp_path, **CACHE_RUN)
+    assert len(fit_calls) == 1
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".pt"]
+    T.train_cached(TINY, cache_dir=tmp_path, retrain=True, **CACHE_RUN)
+    assert len(fit_calls) == 2
+
+    info = T.cache_info(tmp_path)
+    assert len(info.entries) == 1 and info.entries[0]["config"]["spec"]["hidden"] == [32]
+    assert "arch=mlp_ae" in str(info) and info.total_bytes == (tmp_path / f"{info.entries[0]['key']}.pt").stat().st_size
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])
+def test_damaged_entry_is_detected_and_retrained(tmp_path, fit_calls, damage):
+    m1, _ = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    (entry,) = tmp_path.glob("*.pt")
+    blob = entry.read_bytes()
+    if damage == "truncate":
+        entry.write_bytes(blob[: len(blob) // 2])
+    elif damage == "garbage":
+        entry.write_bytes(os.urandom(len(blob)))
+    else:  # valid file, changed weights: only the checksum notices
+        saved = torch.load(entry, weights_only=True)
+        next(iter(saved["state_dict"].values()))[0, 0] += 1.0
+        torch.save(saved, entry)
+    with pytest.warns(RuntimeWarning, match=r"cached model .* is unusable \(.*\); retraining") as record:
+        m2, _ = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    assert len(fit_calls) == 2 and _same(_weights(m1), _weights(m2))  # training is deterministic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten entry is healthy again
+        T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    assert len(fit_calls) == 2
+
+
+def test_every_config_entry_changes_the_key(monkeypatch):
+    base = dict(dataset="mnist", n_train=256, epochs=1, batch_size=64, lr=1e-3, seed=0,
+                loss_kwargs=None, binarize=None, kl_warmup_epochs=0)
+    changes = dict(dataset="fashion-mnist", n_train=512, epochs=2, batch_size=32, lr=2e-3, seed=1,
+                   loss_kwargs={"recon_loss": "mse"}, binarize="dynamic", kl_warmup_epochs=1)
+    key = lambda spec=TINY, **kw: T.cache_key(T._cache_config(spec, **{**base, **kw}))  # noqa: E731
+    keys = {"base": key()}
+    for name, value in changes.items():
+        keys[name] = key(**{name: value})
+    keys["spec"] = key({**TINY, "latent_dim": 3})
+    monkeypatch.setattr(T, "_code_fingerprint", lambda: "edited source")
+    keys["code"] = key()
+    assert len(set(keys.values())) == len(keys), keys
+    assert all(len(k) == 16 and int(k, 16) >= 0 for k in keys.values())
+    with pytest.raises(ValueError, match="JSON-able"):
+        key(loss_kwargs={"beta": object()})
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path, fit_calls, monkeypatch):
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half an entry")
+        raise KeyboardInterrupt  # e.g. the instructor stops the cell mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(torch, "save", real_save)
+    T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
+    assert len(fit_calls) == 2  # the interrupted run cached nothing; the next one did
+
+
+def test_cache_folder_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTBOOK_MODELS", str(tmp_path / "env"))
+    assert T.cache_folder() == tmp_path / "env"
+    assert T.cache_folder(tmp_path / "arg") == tmp_path / "arg"
+    T.train_cached(TINY, **CACHE_RUN)  # goes to $LATENTBOOK_MODELS
+    (tmp_path / "env" / "notes.txt").write_text("not ours")
+    (tmp_path / "env" / ".0123456789abcdef.pt.x1.tmp").write_bytes(b"left over")
+    info = T.cache_info()
+    assert len(info.entries) == 1
+    desc = json.loads((tmp_path / "env" / f"{info.entries[0]['key']}.json").read_text())
+    assert desc["config"]["n_train"] == 256 and desc["final_loss"] > 0
+    removed = T.clear_cache()
+    assert len(removed.entries) == 1 and str(removed).startswith("removed 1 cached model")
+    assert [p.name for p in (tmp_path / "env").iterdir()] == ["notes.txt"]
+    assert T.cache_info().entries == []
