@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "build", "chapter", "data", "evaluate", "losses", "models", "montecarlo", "pca", "plots", "ppca", "runmode", "train", "widgets", "zoo",
+    "build", "chapter", "classifier", "data", "evaluate", "losses", "models", "montecarlo", "noise", "pca", "plots", "ppca", "runmode", "train", "widgets", "zoo",
 }
 
 

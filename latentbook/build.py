@@ -270,6 +270,8 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
                 _copy_if_changed(img, src / "notebooks" / "images" / img.relative_to(root / "book" / "images"))
     assets = src / "assets"
     assets.mkdir(exist_ok=True)
+    for shim in (root / "_assets").glob("*.js"):  # our own small scripts, next to the vendored ones
+        _copy_if_changed(shim, assets / shim.name)
     link = assets / "vendor"
     vendor = vendor_assets(root, log=log)
     if not link.is_symlink():

@@ -33,9 +33,14 @@ __all__ = [
     "per_sample_errors",
     "reconstruction_mse",
     "psnr",
+    "jacobian_norms",
     "test_elbo",
     "log_likelihood",
+    "iwae_bounds",
     "active_units",
+    "kl_per_dimension",
+    "class_probabilities",
+    "classifier_confidence",
     "linear_probe",
     "anomaly_scores",
     "threshold_at_percentile",
@@ -207,6 +212,36 @@ def psnr(x_hat: Tensor, x: Tensor, data_range: float = 1.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
+def jacobian_norms(model: Any, x: Tensor, batch_size: int = 256) -> Tensor:
+    """Frobenius norm of the encoder's Jacobian ``||∂z/∂x||_F`` at each image: ``x [N, 1, 28, 28] -> [N]``.
+
+    Exact: one backward pass per code dimension and batch (d passes), so it suits evaluation; the
+    contractive penalty in training uses ``models.jacobian_sq_estimate`` or a closed form instead.
+    A one-sigmoid-layer encoder uses its closed form (``models.sigmoid_jacobian_sq``), which is the
+    same number at the cost of a forward pass. The code is what :func:`encode` returns (a VAE's
+    posterior mean).
+    """
+    _check_model(model)
+    from latentbook import models
+
+    layer = None if _is_pca(model) else models.sigmoid_layer(model)
+    if layer is not None:
+        return _map_batches(model, lambda xb: models.sigmoid_jacobian_sq(layer.weight, model.encode(xb)).sqrt(),
+                            x, batch_size)
+
+    def fn(xb: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x_in = xb.detach().requires_grad_(True)
+            z = _encode_batch(model, x_in)
+            sq = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
+            for j in range(z.shape[1]):  # row j of every image's Jacobian at once
+                (g,) = torch.autograd.grad(z[:, j].sum(), x_in, retain_graph=j < z.shape[1] - 1)
+                sq += g.reshape(xb.shape[0], -1).double().pow(2).sum(1)
+        return sq.sqrt().to(xb.dtype)
+
+    return _map_batches(model, fn, x, batch_size)
+
+
 # ---------------------------------------------------------------------------------------------
 # VAE: ELBO, importance-weighted log-likelihood, active units
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +287,38 @@ def log_likelihood(vae: Any, x: Tensor, k: int = 5000, batch_size: int = 100, se
     return ll.double().mean().item()
 
 
+def iwae_bounds(
+    vae: Any, x: Tensor, ks: list[int], batch_size: int = 50, seed: int | None = 0
+) -> dict[int, Tensor]:
+    """Importance-weighted bounds L_k for several k at once, per image: ``{k: [N]}`` nats, on the CPU.
+
+    ``x: [N, 1, 28, 28]``. Draws ``K = max(ks)`` samples of q(z|x) per image once (``batch_size``
+    images at a time, seeded by ``seed``) and splits them into ``K // k`` consecutive groups of k;
+    each group's log-mean-exp weight is an unbiased estimate of L_k, and their mean is returned.
+    Every k must divide K. ``ks = [1, ...]`` includes the one-sample ELBO estimate. Because the groups
+    of a larger k are unions of the groups of a smaller one, the estimates are ordered, per image,
+    whenever each k divides the next (Jensen's inequality), as the bounds themselves are on average.
+    """
+    from latentbook import montecarlo
+
+    _check_vae(vae, "encode")
+    _check_vae(vae, "log_px_given_z")
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty list of positive integers, got {ks!r}")
+    big = max(ks)
+    if any(big % k for k in ks):
+        raise ValueError(f"every k must divide the largest, {big}; got {sorted(ks)}")
+    device = model_device(vae)
+    gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    parts = []
+    with torch.no_grad(), _eval_mode(vae):
+        for start in range(0, _check_x(x).shape[0], _check_batch_size(batch_size)):
+            xb = x[start : start + batch_size].to(device)
+            parts.append(montecarlo.log_weights(vae.encode, vae.log_px_given_z, xb, big, generator=gen).cpu())
+    log_w = torch.cat(parts, dim=1).double()  # [K, N]
+    return {k: montecarlo.grouped_log_mean_exp(log_w, k).mean(0).float() for k in ks}
+
+
 def active_units(vae: Any, x: Tensor, threshold: float = 0.01, batch_size: int = 1024) -> tuple[int, Tensor]:
     """Active latent units (Burda et al. 2015): dimension u is active if ``Cov_x(E_q[z_u | x]) > threshold``.
 
@@ -265,6 +332,46 @@ def active_units(vae: Any, x: Tensor, threshold: float = 0.01, batch_size: int =
     mu = encode(vae, x, batch_size).double().cpu()
     var = mu.var(dim=0)
     return int((var > threshold).sum()), var.float()
+
+
+def kl_per_dimension(vae: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Mean over ``x [N, 1, 28, 28]`` of each latent dimension's KL(q(z_j|x) || N(0, 1)), in nats: ``[d]`` on CPU.
+
+    ``½ (mu_j² + σ_j² - log σ_j² - 1)`` averaged over the images; the entries sum to the mean KL term of
+    the ELBO. A collapsed dimension (q(z_j|x) = the prior for every x) has a KL of 0.
+    """
+    _check_vae(vae, "encode")
+
+    def fn(xb: Tensor) -> Tensor:
+        mu, logvar = vae.encode(xb)
+        return 0.5 * (mu**2 + logvar.exp() - logvar - 1)
+
+    return _map_batches(vae, fn, x, batch_size).double().mean(0).float().cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging generated images with a classifier (chapters "vae" and "side by side")
+# ---------------------------------------------------------------------------------------------
+
+
+def class_probabilities(classifier: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Softmax of a classifier's logits: ``x [N, 1, 28, 28] -> [N, C]``, rows summing to 1.
+
+    ``classifier(x_batch) -> logits [B, C]`` (e.g. :class:`latentbook.classifier.DigitClassifier`),
+    run batch by batch on its device in eval mode; the result is on ``x``'s device.
+    """
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(f"classifier must be an nn.Module returning logits [B, C], got {type(classifier).__name__}")
+    return _map_batches(classifier, lambda xb: torch.softmax(classifier(xb).float(), dim=1), x, batch_size)
+
+
+def classifier_confidence(classifier: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Each image's top-class probability ``max_c p(c | x)``: ``x [N, 1, 28, 28] -> [N]`` in [1/C, 1].
+
+    Near 1 for an image the classifier reads as one clear class; near 1/C when it cannot tell. Applied
+    to generated images it measures how recognisable they are (the mean is a one-number summary).
+    """
+    return class_probabilities(classifier, x, batch_size).max(dim=1).values
 
 
 # ---------------------------------------------------------------------------------------------

@@ -413,21 +413,20 @@ def jacobian_sq_estimate(
     """Random-projection estimate of ``||∂z/∂x||_F²`` per image -> ``[B]``, for any encoder.
 
     For ``v ~ N(0, I_d)``, ``E ||J^T v||² = tr(J J^T) = ||J||_F²``; ``J^T v`` is one backward pass.
-    The estimate averages ``n_proj`` draws and is unbiased. With gradients enabled it is built with
-    ``create_graph``, so it can be trained on (a contractive penalty for deep encoders).
+    The estimate averages ``n_proj`` draws and is unbiased; the draws run as one batch of
+    ``n_proj * B`` copies of the images (memory grows with ``n_proj``). With gradients enabled it is
+    built with ``create_graph``, so it can be trained on (a contractive penalty for deep encoders).
     """
     n_proj = _positive_int("n_proj", n_proj)
     grad_on = torch.is_grad_enabled()
+    b = x.shape[0]
     with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
+        # one leaf per copy, so that each copy's gradient is its own J^T v
+        x_in = x.detach().repeat(n_proj, *([1] * (x.ndim - 1))).requires_grad_(True)
         z = encode(x_in)
-        total = torch.zeros(x.shape[0], dtype=z.dtype, device=z.device)
-        for i in range(n_proj):
-            v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-            (g,) = torch.autograd.grad(z, x_in, grad_outputs=v, create_graph=grad_on,
-                                       retain_graph=grad_on or i < n_proj - 1)
-            total = total + g.reshape(x.shape[0], -1).pow(2).sum(1)
-    out = total / n_proj
+        v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        (g,) = torch.autograd.grad(z, x_in, grad_outputs=v, create_graph=grad_on)
+    out = g.reshape(n_proj, b, -1).pow(2).sum(2).mean(0)
     return out if grad_on else out.detach()
 
 

@@ -207,6 +207,24 @@ def test_iwae_chunked_logsumexp_equals_direct_average_of_weights():
         torch.testing.assert_close(bound, torch.logsumexp(log_w, 0) - math.log(50), rtol=1e-12, atol=1e-12)
 
 
+def test_automatic_chunk_size_bounds_the_decoder_output():
+    assert L.default_chunk_size(100 * 784, 5000) == L.CHUNK_ELEMENTS // 78_400 == 26
+    assert L.default_chunk_size(10, 3) == 3  # never more than k
+    assert L.default_chunk_size(10**8, 5) == 1  # never less than 1
+    model = _model(D=784, d=2)
+    x = model.sample(100, generator=_gen(20))
+    sizes = []
+
+    def decode(x_, z):
+        sizes.append(z.shape[0])
+        return model.decode_log_prob(x_, z)
+
+    with torch.no_grad():
+        bound = L.iwae_bound(model.encode, decode, x, 60, generator=_gen(21))
+    assert sizes == [26, 26, 8]
+    torch.testing.assert_close(bound, model.log_marginal(x), rtol=1e-10, atol=1e-8)
+
+
 def test_iwae_with_exact_posterior_is_exact_for_every_k():
     model = _model()
     x = model.sample(20, generator=_gen(14))
