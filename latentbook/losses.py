@@ -201,20 +201,37 @@ def iwae_bound(
         chunk_size = default_chunk_size(x.numel(), k)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1 (or None for automatic), got {chunk_size!r}")
+    running = None
+    for log_w in log_weight_chunks(encode, decode_log_prob, x, k, chunk_size, generator):
+        chunk_lse = torch.logsumexp(log_w, dim=0)
+        running = chunk_lse if running is None else torch.logaddexp(running, chunk_lse)
+    return running - math.log(k)
+
+
+def log_weight_chunks(
+    encode: Encoder,
+    decode_log_prob: DecoderLogProb,
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int,
+    generator: torch.Generator | None = None,
+):
+    """Yield the log importance weights log p(x|z) + log p(z) - log q(z|x), ``chunk_size`` samples
+    z ~ q(z|x) at a time, as ``[s, B]`` tensors (s = chunk_size, the last chunk k mod chunk_size).
+
+    The one sampling loop behind :func:`iwae_bound` and ``montecarlo.log_weights``: with the same
+    generator state both see the same draws.
+    """
     mu, logvar = encode(x)
     if mu.ndim != 2 or mu.shape != logvar.shape:
         raise ValueError(f"encode must return (mu, logvar) of shape [B, d], got {tuple(mu.shape)} and {tuple(logvar.shape)}")
-    running = None
     for start in range(0, k, chunk_size):
         s = min(chunk_size, k - start)
         z = reparameterize(mu.expand(s, *mu.shape), logvar.expand(s, *logvar.shape), generator)  # [s, B, d]
         log_px_z = decode_log_prob(x, z)
         if log_px_z.shape != z.shape[:2]:
             raise ValueError(f"decode_log_prob must return [S, B] = {tuple(z.shape[:2])}, got {tuple(log_px_z.shape)}")
-        log_w = log_px_z + log_normal_diag(z) - log_normal_diag(z, mu, logvar)  # [s, B]
-        chunk_lse = torch.logsumexp(log_w, dim=0)
-        running = chunk_lse if running is None else torch.logaddexp(running, chunk_lse)
-    return running - math.log(k)
+        yield log_px_z + log_normal_diag(z) - log_normal_diag(z, mu, logvar)  # [s, B]
 
 
 def iwae_bound_dataset(

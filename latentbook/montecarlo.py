@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentbook.losses import DecoderLogProb, Encoder, log_normal_diag, reparameterize
+from latentbook import losses
+from latentbook.losses import DecoderLogProb, Encoder, log_normal_diag
 
 __all__ = [
     "log_weights",
@@ -74,19 +75,8 @@ def log_weights(
     """
     _positive_int("k", k)
     _positive_int("chunk_size", chunk_size)
-    out = []
     with torch.no_grad():
-        mu, logvar = encode(x)
-        if mu.ndim != 2 or mu.shape != logvar.shape:
-            raise ValueError(f"encode must return (mu, logvar) of shape [B, d], got {tuple(mu.shape)} and {tuple(logvar.shape)}")
-        for start in range(0, k, chunk_size):
-            s = min(chunk_size, k - start)
-            z = reparameterize(mu.expand(s, *mu.shape), logvar.expand(s, *logvar.shape), generator)  # [s, B, d]
-            log_px_z = decode_log_prob(x, z)
-            if log_px_z.shape != z.shape[:2]:
-                raise ValueError(f"decode_log_prob must return [S, B] = {tuple(z.shape[:2])}, got {tuple(log_px_z.shape)}")
-            out.append(log_px_z + log_normal_diag(z) - log_normal_diag(z, mu, logvar))
-    return torch.cat(out)
+        return torch.cat(list(losses.log_weight_chunks(encode, decode_log_prob, x, k, chunk_size, generator)))
 
 
 def prior_encoder(latent_dim: int) -> Encoder:
