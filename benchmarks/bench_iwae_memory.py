@@ -23,9 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pca import append_result, machine_info  # noqa: E402
+from common import append_result, machine_info  # noqa: E402
 
 from latentbook.losses import default_chunk_size, iwae_bound_dataset  # noqa: E402
 from latentbook.ppca import LinearGaussian, fit_ppca  # noqa: E402

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import sklearn
 import torch
 from sklearn.decomposition import PCA as SkPCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import append_result, machine_info  # noqa: E402  (also puts the checkout on sys.path)
 from latentbook.pca import PCA  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pca.json"
@@ -46,36 +41,6 @@ def timed(fn) -> tuple[float, float, object]:
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - w0, time.process_time() - c0, out
-
-
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def append_result(path: Path, record: dict) -> None:
-    """Append ``record`` to the JSON list of runs at ``path``, atomically (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    runs.append(record)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"runs": runs}, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,19 +12,15 @@ that at batch 1024 when batch 256 falls short of the target.
 
     python benchmarks/bench_trainer.py [--device auto|cpu|cuda] [--repeats 1] [--threads N]
 
-Prints a table and writes ``benchmarks/results/trainer.json`` (atomically). Measurements are
+Prints a table and appends the run to ``benchmarks/results/trainer.json`` (atomically). Measurements are
 ratios within one run on purpose: absolute seconds depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +30,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
+from common import append_result, machine_info  # also puts the checkout on sys.path
 from latentbook import data, models, train
 from latentbook.runmode import resolve_device
 
@@ -104,36 +101,6 @@ def matmul_weights(model: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-    }
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
@@ -147,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
+    info = machine_info(device)  # load average before the heavy work starts
     root = data.cache_root()
     data.ensure("mnist")  # the raw idx files in torchvision's layout under root
     x, _ = data.load("mnist", "train", device=device)
@@ -177,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                      flop_per_epoch / statistics.median(large_s)))
     speedup = loader_med / fit_med
 
-    print(f"device: {device} ({machine_info(device).get('gpu', platform.processor() or platform.machine())}), "
+    print(f"device: {device} ({info.get('gpu', platform.processor() or platform.machine())}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'method':<44} {'s/epoch':>8} {'GFLOP/s':>8} {'of matmul':>9}")
     for name, secs, flops in rows:
@@ -189,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "one epoch of the 784-512-256-128-2 MLP autoencoder on MNIST train (60,000 images)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
-        "machine": machine_info(device),
-        "torch": torch.__version__,
+        "machine": info,
         "torchvision": torchvision.__version__,
         "method": (
             "Same run, same model (seeded), same optimizer (latentbook.train.make_optimizer: Adam, lr 1e-3) "
@@ -213,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                                       if large_s else {})},
         "targets": {"speedup": TARGET_SPEEDUP, "fraction_of_matmul": TARGET_FRACTION},
     }
-    write_json_atomic(args.out, result)
-    print(f"wrote {args.out}")
+    append_result(args.out, result)
+    print(f"appended to {args.out}")
     return 0
 
 

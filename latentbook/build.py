@@ -272,6 +272,8 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
     assets.mkdir(exist_ok=True)
     for shim in (root / "_assets").glob("*.js"):  # our own small scripts, next to the vendored ones
         _copy_if_changed(shim, assets / shim.name)
+    for exported in sorted((executed / "explorer").glob("*.bin")):  # decoders of the in-browser explorers
+        _copy_if_changed(exported, assets / "explorer" / exported.name)
     link = assets / "vendor"
     vendor = vendor_assets(root, log=log)
     if not link.is_symlink():

@@ -14,9 +14,13 @@ model's device (so a GPU never holds more than a batch) and return results on th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import json
 import math
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -288,7 +292,8 @@ def log_likelihood(vae: Any, x: Tensor, k: int = 5000, batch_size: int = 100, se
 
 
 def iwae_bounds(
-    vae: Any, x: Tensor, ks: list[int], batch_size: int = 50, seed: int | None = 0
+    vae: Any, x: Tensor, ks: list[int], batch_size: int = 50, seed: int | None = 0, *,
+    cache: bool = False, cache_dir: Any = None,
 ) -> dict[int, Tensor]:
     """Importance-weighted bounds L_k for several k at once, per image: ``{k: [N]}`` nats, on the CPU.
 
@@ -298,6 +303,10 @@ def iwae_bounds(
     Every k must divide K. ``ks = [1, ...]`` includes the one-sample ELBO estimate. Because the groups
     of a larger k are unions of the groups of a smaller one, the estimates are ordered, per image,
     whenever each k divides the next (Jensen's inequality), as the bounds themselves are on average.
+
+    ``cache=True`` stores the result in the model cache (:func:`cached_result`), keyed by the
+    model's weights, ``x`` and every argument: with k = 5,000 on a CPU this takes minutes once, and
+    no time in class. Needs a seed (an unseeded result is not reproducible, so not cached).
     """
     from latentbook import montecarlo
 
@@ -308,15 +317,78 @@ def iwae_bounds(
     big = max(ks)
     if any(big % k for k in ks):
         raise ValueError(f"every k must divide the largest, {big}; got {sorted(ks)}")
+    _check_x(x)
+    _check_batch_size(batch_size)
+    if cache and seed is None:
+        raise ValueError("cache=True needs a seed: an unseeded estimate is not reproducible")
     device = model_device(vae)
-    gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
-    parts = []
-    with torch.no_grad(), _eval_mode(vae):
-        for start in range(0, _check_x(x).shape[0], _check_batch_size(batch_size)):
-            xb = x[start : start + batch_size].to(device)
-            parts.append(montecarlo.log_weights(vae.encode, vae.log_px_given_z, xb, big, generator=gen).cpu())
-    log_w = torch.cat(parts, dim=1).double()  # [K, N]
-    return {k: montecarlo.grouped_log_mean_exp(log_w, k).mean(0).float() for k in ks}
+
+    def compute() -> dict[int, Tensor]:
+        gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        parts = []
+        with torch.no_grad(), _eval_mode(vae):
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(device)
+                parts.append(montecarlo.log_weights(vae.encode, vae.log_px_given_z, xb, big, generator=gen).cpu())
+        log_w = torch.cat(parts, dim=1).double()  # [K, N]
+        return {k: montecarlo.grouped_log_mean_exp(log_w, k).mean(0).float() for k in ks}
+
+    if not cache:
+        return compute()
+    params = {"ks": sorted(set(ks)), "batch_size": batch_size, "seed": seed, "device": device.type}
+    found = cached_result("iwae_bounds", vae, x, params, lambda: {str(k): v for k, v in compute().items()},
+                          cache_dir=cache_dir)
+    return {k: found[str(k)] for k in ks}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results cache: expensive evaluations of cached models, stored beside them
+# ---------------------------------------------------------------------------------------------
+
+
+def _evaluation_code() -> str:
+    """SHA-256 of the code an evaluation's result depends on (this module, montecarlo, losses, models)."""
+    from latentbook import models, montecarlo
+
+    h = hashlib.sha256()
+    for module in (__file__, montecarlo.__file__, losses.__file__, models.__file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()
+
+
+def cached_result(name: str, model: nn.Module, x: Tensor, params: dict[str, Any],
+                  compute: Callable[[], dict[str, Tensor]], *, cache_dir: Any = None) -> dict[str, Tensor]:
+    """``compute()`` (a dict of tensors), computed once for this model's weights, ``x`` and ``params``,
+    then loaded from the model cache folder (``<key>.pt`` with a ``.json`` description, so that
+    ``latentbook cache info`` lists it and ``cache clear`` removes it).
+
+    The key covers ``name``, ``params``, the weights and ``x`` (their bytes) and the evaluation
+    code. Writes are atomic; an entry that cannot be read or fails its checksum is recomputed,
+    with a warning.
+    """
+    h = hashlib.sha256(f"{name}\0{json.dumps(params, sort_keys=True)}\0".encode())
+    h.update(train._state_checksum(model.state_dict()).encode())
+    h.update(train._state_checksum({"x": x}).encode())
+    config = {"spec": {"result": name, **params, "n_images": int(x.shape[0])},
+              "inputs": h.hexdigest(), "code": _evaluation_code()}
+    path = train.cache_folder(cache_dir) / f"{train.cache_key(config)}.pt"
+    if path.exists():
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry["config"] == config and train._state_checksum(entry["value"]) == entry["checksum"]:
+                return entry["value"]
+            problem = "its configuration or checksum does not match"
+        except Exception as exc:  # truncated file, garbage bytes...
+            problem = f"unreadable ({type(exc).__name__})"
+        warnings.warn(f"latentbook: cached result {path} is unusable ({problem}); recomputing", RuntimeWarning,
+                      stacklevel=3)
+    value = compute()
+    value = {k: v.detach().cpu() for k, v in value.items()}
+    with train._atomic_path(path) as tmp:
+        torch.save({"config": config, "value": value, "checksum": train._state_checksum(value)}, tmp)
+    with train._atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"key": path.stem, "config": config}, indent=1, sort_keys=True))
+    return value
 
 
 def active_units(vae: Any, x: Tensor, threshold: float = 0.01, batch_size: int = 1024) -> tuple[int, Tensor]:

@@ -4,11 +4,7 @@ with warnings as errors, and every page opened in headless Chromium.
 Screenshots of every page are left in ``_build/smoke/screenshots/`` to look at.
 """
 
-import functools
-import http.server
 import json
-import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +16,6 @@ from latentbook import build
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = build.chapters(ROOT)
 SMOKE = {"MODE": "smoke", "DEVICE": "cpu", "DATASET": "mnist", "SEED": 0}
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.slow
 
@@ -73,31 +68,9 @@ def test_unknown_chapter_and_mode_are_refused():
 
 
 @pytest.fixture(scope="session")
-def site(smoke_build):
+def site(smoke_build, serve):
     html, _ = smoke_build
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=str(html))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        yield b
-        b.close()
+    return serve(html)
 
 
 @pytest.mark.parametrize("stem", CHAPTERS)
@@ -151,4 +124,40 @@ def test_page_in_browser(site, browser, stem):
     colab = page.locator("a[href*='colab.research.google.com']")
     assert colab.count() >= 1
     assert colab.first.get_attribute("href").endswith(f"/blob/main/notebooks/{stem}.ipynb")
+    page.close()
+
+
+def test_latent_explorer_on_the_site(site, browser):
+    """The VAE chapter's in-browser explorer: two clicks decode two different digits, equal to what
+    the chapter's (cached) PyTorch model decodes at those codes."""
+    import torch
+
+    from latentbook import zoo
+    from latentbook.chapter import start
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{site}/notebooks/vae.html", wait_until="load")
+    root = page.locator("div.lb-explorer").first
+    root.scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('div.lb-explorer').dataset.ready === 'yes'", timeout=20000)
+    plane = root.locator("canvas.lb-plane").bounding_box()
+    images, zs = [], []
+    for fx, fy in ((0.35, 0.35), (0.7, 0.65)):
+        page.mouse.click(plane["x"] + fx * plane["width"], plane["y"] + fy * plane["height"])
+        zs.append([float(v) for v in root.get_attribute("data-z").split(",")])
+        pixels = page.evaluate("""() => Array.from(document.querySelector('div.lb-explorer canvas.lb-digit')
+                                     .getContext('2d').getImageData(0, 0, 28, 28).data)""")
+        images.append(torch.tensor(pixels, dtype=torch.float32).reshape(784, 4)[:, 0] / 255)
+    root.screenshot(path=str(ROOT / "_build" / "smoke" / "screenshots" / "latent-explorer.png"))
+    # the live widgets (latent explorer, interpolation, β) show their first frame on the static site
+    assert page.locator("div.cell:has(.jupyter-widgets) .jupyter-widgets img").count() >= 3
+    assert errors == []
+    model, _ = zoo.get("vae-2", start("smoke", "cpu", "mnist", 0))
+    with torch.no_grad():
+        reference = model.decode(torch.tensor(zs)).reshape(2, 784)
+    for ours, ref in zip(images, reference):
+        assert (ours - ref).abs().max() < 0.02 + 1 / 255
+    assert (images[0] - images[1]).abs().max() > 0.2 and (images[0] - images[1]).abs().mean() > 0.01
     page.close()

@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from latentbook import evaluate, losses
 
 pca_mod = pytest.importorskip("latentbook.pca", reason="latentbook/pca.py is not written yet")
-models = pytest.importorskip("latentbook.models", reason="latentbook/models.py is not written yet")
+from latentbook import models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,47 @@ def test_iwae_is_at_least_the_elbo_and_k1_matches_it():
     assert iwae100 > iwae1
     # k = 1 is a one-sample ELBO estimate: the same expectation (sd of the mean ~ 0.1 nats here).
     assert iwae1 == pytest.approx(elbo, abs=1.0)
+
+
+def test_iwae_bounds_cached_once_then_loaded(tmp_path, monkeypatch):
+    """cache=True: the same numbers as computing, stored once; then loaded without computing; a damaged
+    entry is recomputed with a warning; other weights, images or arguments get their own entry."""
+    from latentbook import montecarlo, train
+
+    torch.manual_seed(0)
+    vae = models.VAE(latent_dim=2, hidden=(32,))
+    x = _binary(40, seed=5)
+    fresh = evaluate.iwae_bounds(vae, x, [1, 10], seed=3)
+    cached = evaluate.iwae_bounds(vae, x, [1, 10], seed=3, cache=True, cache_dir=tmp_path)
+    for k in (1, 10):
+        assert torch.equal(fresh[k], cached[k])
+    entries = train.cache_info(tmp_path).entries
+    assert len(entries) == 1 and entries[0]["config"]["spec"]["result"] == "iwae_bounds"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again instead of loading the cached result")
+
+    with monkeypatch.context() as m:
+        m.setattr(montecarlo, "log_weights", refuse)
+        again = evaluate.iwae_bounds(vae, x, [10, 1], seed=3, cache=True, cache_dir=tmp_path)
+    assert torch.equal(again[10], fresh[10])
+    # a different seed, other images or other weights are new entries
+    evaluate.iwae_bounds(vae, x, [1, 10], seed=4, cache=True, cache_dir=tmp_path)
+    evaluate.iwae_bounds(vae, x[:20], [1, 10], seed=3, cache=True, cache_dir=tmp_path)
+    with torch.no_grad():
+        vae.decoder[0].bias.add_(0.1)
+    evaluate.iwae_bounds(vae, x, [1, 10], seed=3, cache=True, cache_dir=tmp_path)
+    assert len(train.cache_info(tmp_path).entries) == 4
+    # damage every entry: each is recomputed (with a warning), not trusted
+    for pt in tmp_path.glob("*.pt"):
+        pt.write_bytes(pt.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning, match="unusable"):
+        redone = evaluate.iwae_bounds(vae, x, [1, 10], seed=3, cache=True, cache_dir=tmp_path)
+    assert torch.isfinite(redone[10]).all()
+    train.clear_cache(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="seed"):
+        evaluate.iwae_bounds(vae, x, [1], seed=None, cache=True, cache_dir=tmp_path)
 
 
 def test_active_units_counts_planted_variance():

@@ -236,3 +236,20 @@ def test_bad_input_errors():
         pca.transform(X[:, :9])
     with pytest.raises(ValueError, match="n_components_=3"):
         pca.inverse_transform(np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_centred_gram_is_the_full_symmetric_product(dtype, monkeypatch):
+    """Only the upper block triangle is multiplied, over several chunks; the result is the whole XcᵀXc."""
+    from latentbook import pca as pca_module
+
+    monkeypatch.setattr(pca_module, "CHUNK_ROWS", 128)  # several chunks
+    g = torch.Generator().manual_seed(0)
+    X = (torch.rand(1000, 37, generator=g, dtype=torch.float64) ** 3).to(dtype)
+    mean = X.double().mean(0)
+    gram = pca_module._centred_gram(X, mean)
+    Xc = X.double() - mean
+    expected = Xc.T @ Xc
+    assert gram.dtype == torch.float64 and torch.equal(gram, gram.T)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(gram, expected, rtol=tol, atol=tol * expected.abs().max().item())

@@ -1,0 +1,185 @@
+"""The latent explorers: the exported decoder against PyTorch, the file's checks, the live widgets,
+and the in-browser explorer in headless Chromium against PyTorch's decodes."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from latentbook import data, explorer, models, train
+
+
+def _vae(seed=0, latent_dim=2, **kw):
+    torch.manual_seed(seed)
+    return models.build({"arch": "vae", "latent_dim": latent_dim, **kw}).eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A 2-D VAE trained briefly on real digits (so that different codes decode to different images)."""
+    x, y = data.load("mnist", "train")
+    model = _vae()
+    train.fit(model, x[:10000], epochs=4, batch_size=128, device="cpu", progress=False, binarize="dynamic")
+    with torch.no_grad():
+        codes = model.encode(x[:1000])[0]
+    return model, codes, y[:1000]
+
+
+def test_decoder_layers_of_the_mlp_vae():
+    layers = explorer.decoder_layers(_vae())
+    assert [(lin.in_features, lin.out_features, act) for lin, act in layers] == [
+        (2, 128, "relu"), (128, 256, "relu"), (256, 512, "relu"), (512, 784, "sigmoid")]
+
+
+@pytest.mark.parametrize("model, match", [
+    (lambda: _vae(encoder="conv"), "supports Linear"),
+    (lambda: _vae(latent_dim=3), "two-dimensional"),
+    (lambda: torch.nn.Linear(2, 2), "no nn.Sequential decoder"),
+])
+def test_unsupported_models_are_refused(model, match):
+    with pytest.raises(ValueError, match=match):
+        explorer.decoder_layers(model())
+
+
+def test_exported_decoder_matches_pytorch(trained, tmp_path):
+    model, codes, labels = trained
+    meta = explorer.export_decoder(model, codes, labels, tmp_path / "d.bin")
+    assert (tmp_path / "d.bin").stat().st_size == meta["bytes"]
+    assert [p.name for p in tmp_path.iterdir()] == ["d.bin"]  # no temporary file left behind
+    layers, c, y = explorer.read_decoder(tmp_path / "d.bin", meta)
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.no_grad():
+        reference = model.decode(z).reshape(64, -1)
+        # the same network with its weights rounded to float16, as the file stores them
+        half = _vae()
+        half.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+        reference_half = half.decode(z).reshape(64, -1)
+    ours = explorer.run_layers(layers, z)
+    assert torch.allclose(ours, reference_half, atol=1e-5)
+    assert (ours - reference).abs().max() < 0.02  # float16 storage costs less than 2% of the grey range
+    # the codes and labels drawn under the plane are a subset of the given ones (float16)
+    assert len(c) == len(y) == meta["n_codes"] == 1000
+    nearest = torch.cdist(c, codes).min(1).values
+    assert nearest.max() < 1e-2
+    assert set(y.tolist()) <= set(labels.tolist())
+
+
+def test_a_damaged_or_stale_file_is_refused(trained, tmp_path):
+    model, codes, labels = trained
+    meta = explorer.export_decoder(model, codes, labels, tmp_path / "d.bin")
+    raw = bytearray((tmp_path / "d.bin").read_bytes())
+    raw[1000] ^= 0xFF
+    (tmp_path / "d.bin").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="SHA-256"):
+        explorer.read_decoder(tmp_path / "d.bin", meta)
+    (tmp_path / "d.bin").write_bytes(bytes(raw[:-10]))
+    with pytest.raises(ValueError, match="size"):
+        explorer.read_decoder(tmp_path / "d.bin", meta)
+
+
+def test_bad_arguments(trained, tmp_path):
+    model, codes, labels = trained
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        explorer.export_decoder(model, codes[:, :1], labels, tmp_path / "d.bin")
+    with pytest.raises(ValueError, match="labels"):
+        explorer.export_decoder(model, codes, labels[:5], tmp_path / "d.bin")
+    with pytest.raises(ValueError, match="name"):
+        explorer.static_explorer(model, codes, labels, name="../x", folder=tmp_path)
+    with pytest.raises(ValueError, match="lim"):
+        explorer.static_explorer(model, codes, labels, folder=tmp_path, lim=0)
+
+
+def test_live_explorer_shows_the_decoded_point(trained, monkeypatch):
+    import IPython.display
+    from matplotlib.figure import Figure
+
+    model, codes, labels = trained
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    w = explorer.live_explorer(model, codes, labels, lim=4.0, start=(0.5, -1.0))
+    assert len(shown) == 1 and isinstance(shown[0], Figure)  # the first frame, shown at once (and on the site)
+    sliders = {c.description: c for c in w.children[:2]}
+    assert set(sliders) == {"z₁", "z₂"} and sliders["z₁"].value == 0.5
+    fig = explorer.explorer_figure(explorer._decoder_on(model), codes.numpy(), labels.numpy().astype(np.uint8),
+                                   (0.5, -1.0), ((-4, 4), (-4, 4)))
+    scatter_ax, image_ax = fig.axes
+    marker = scatter_ax.lines[0].get_xydata()
+    assert np.allclose(marker, [[0.5, -1.0]])
+    shown = np.asarray(image_ax.images[0].get_array())
+    with torch.no_grad():
+        expected = model.decode(torch.tensor([[0.5, -1.0]]))[0, 0].numpy()
+    assert np.allclose(shown, expected, atol=1e-6)
+
+
+def test_interpolation_explorer_ends_at_the_two_images(trained):
+    model, _, _ = trained
+    x, y = data.load("mnist", "test")
+    import IPython.display
+
+    shown = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+        w = explorer.interpolation_explorer(model, x[:50], y[:50], steps=5)
+    assert [c.description for c in w.children[:2]] == ["from", "to"]
+    mosaic = np.asarray(shown[0].axes[0].images[0].get_array())  # 2 rows x 5 images, 2-pixel gaps
+    assert mosaic.shape == (2 * 28 + 2, 5 * 28 + 4 * 2)
+    assert np.allclose(mosaic[:28, :28], x[0, 0].numpy(), atol=1e-6)  # pixels, t = 0: image "from"
+    assert np.allclose(mosaic[:28, -28:], x[1, 0].numpy(), atol=1e-6)  # pixels, t = 1: image "to"
+    with pytest.raises(ValueError, match="steps"):
+        explorer.interpolation_explorer(model, x[:50], steps=1)
+
+
+@pytest.mark.slow
+def test_in_browser_explorer_matches_pytorch(trained, tmp_path, browser, serve):
+    """Click two points of the plane in headless Chromium; the drawn digits differ from each other
+    and equal PyTorch's decodes of the clicked codes (to the float16 storage and 8-bit display)."""
+    model, codes, labels = trained
+    shown = explorer.static_explorer(model, codes, labels, [str(k) for k in range(10)], name="vae-test",
+                                     folder=tmp_path / "explorer", url="explorer/vae-test.bin")
+    (tmp_path / "index.html").write_text(f"<!doctype html><html><body>{shown.data}</body></html>")
+    page = browser.new_page(viewport={"width": 900, "height": 600})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{serve(tmp_path)}/index.html")
+    root = page.locator("#lb-explorer-vae-test")
+    page.wait_for_function("() => document.querySelector('#lb-explorer-vae-test').dataset.ready === 'yes'",
+                           timeout=15000)
+    plane = root.locator("canvas.lb-plane").bounding_box()
+    images, zs = [], []
+    for fx, fy in ((0.3, 0.4), (0.75, 0.7)):
+        page.mouse.click(plane["x"] + fx * plane["width"], plane["y"] + fy * plane["height"])
+        z = [float(v) for v in root.get_attribute("data-z").split(",")]
+        pixels = page.evaluate("""() => Array.from(document.querySelector('#lb-explorer-vae-test canvas.lb-digit')
+                                     .getContext('2d').getImageData(0, 0, 28, 28).data)""")
+        images.append(torch.tensor(pixels, dtype=torch.float32).reshape(784, 4)[:, 0] / 255)
+        zs.append(z)
+    assert errors == []
+    # the click position maps to the code: x to the right, y upward, over [-4, 4]
+    assert zs[0][0] == pytest.approx(-4 + 0.3 * 8, abs=0.05) and zs[0][1] == pytest.approx(4 - 0.4 * 8, abs=0.05)
+    with torch.no_grad():
+        reference = model.decode(torch.tensor(zs)).reshape(2, 784)
+    for ours, ref in zip(images, reference):
+        assert (ours - ref).abs().max() < 0.02 + 1 / 255
+    # two different images, far beyond the display and storage tolerance, not one image twice
+    assert (images[0] - images[1]).abs().max() > 0.2 and (images[0] - images[1]).abs().mean() > 0.01
+    page.close()
+
+
+@pytest.mark.slow
+def test_in_browser_explorer_refuses_a_damaged_file(trained, tmp_path, browser, serve):
+    model, codes, labels = trained
+    shown = explorer.static_explorer(model, codes, labels, name="bad", folder=tmp_path / "explorer",
+                                     url="explorer/bad.bin")
+    raw = bytearray((tmp_path / "explorer" / "bad.bin").read_bytes())
+    raw[0] ^= 0xFF
+    (tmp_path / "explorer" / "bad.bin").write_bytes(bytes(raw))
+    (tmp_path / "index.html").write_text(f"<!doctype html><html><body>{shown.data}</body></html>")
+    page = browser.new_page()
+    page.goto(f"{serve(tmp_path)}/index.html")
+    page.wait_for_function("() => document.querySelector('#lb-explorer-bad').dataset.ready === 'failed'",
+                           timeout=15000)
+    assert "checksum" in page.locator("#lb-explorer-bad").inner_text()
+    page.close()
