@@ -53,9 +53,10 @@ sync: env
 check: env
 	$(PY) -m latentbook check
 
-# Instructors: train and cache every model the book uses (run before class), or clear that cache.
+# Instructors, before class: execute every chapter once, which trains and caches every model and the
+# expensive evaluations (k = 5,000 likelihoods); in class each chapter then runs in under a minute.
 warm: env system
-	$(PY) -m latentbook cache warm --mode $(MODE) --device $(DEVICE) --dataset $(DATASET) --seed $(SEED)
+	$(PY) -m latentbook build --no-site --force --mode $(MODE) --device $(DEVICE) --dataset $(DATASET) --seed $(SEED)
 
 cache-info: env
 	$(PY) -m latentbook cache info

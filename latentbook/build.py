@@ -129,9 +129,10 @@ def sync(root: Path) -> None:
 
 
 def code_fingerprint() -> str:
-    """SHA-256 over the ``latentbook`` package source: a changed helper re-executes the chapters."""
+    """SHA-256 over the ``latentbook`` package source (and the script it inlines into outputs, explorer.js):
+    a changed helper re-executes the chapters."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
+    for path in sorted([*PACKAGE_DIR.glob("*.py"), *PACKAGE_DIR.glob("*.js")]):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -152,10 +153,38 @@ class ChapterRun:
     status: str  # "executed" or "up to date"
 
 
+# A cell of a smoke-mode chapter takes seconds; one that has had no reply for this long is stuck.
+SMOKE_CELL_TIMEOUT_S = 600
+
+
+def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_name: str = "python3",
+                 log=print) -> None:
+    """Execute ``source`` into ``target`` with papermill, injecting ``params``.
+
+    Rarely, the Jupyter stack loses a message: papermill then waits forever on an idle kernel (seen
+    once here, in a cell displaying ipywidgets; papermill issues #711, #684). In smoke mode a cell
+    with no reply for ``SMOKE_CELL_TIMEOUT_S`` is therefore stopped and the chapter executed once
+    more, from the start, on a new kernel. Full mode has no limit: its cells may train for minutes.
+    """
+    import papermill
+    from nbclient.exceptions import CellTimeoutError
+
+    timeout = SMOKE_CELL_TIMEOUT_S if params.get("MODE") == "smoke" else None
+    for attempt in (1, 2):
+        try:
+            papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name=kernel_name,
+                                       cwd=str(cwd), progress_bar=False, report_mode=False,
+                                       execution_timeout=timeout)
+            return
+        except CellTimeoutError:
+            if attempt == 2:
+                raise
+            log(f"{source.stem}: a cell had no reply from the kernel in {timeout} s; executing the chapter again")
+
+
 def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None = None, force: bool = False,
             log=print) -> list[ChapterRun]:
     """Execute the chapters with papermill into ``out_dir``; skip those already current."""
-    import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = chapters(root)
@@ -180,15 +209,7 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
         old_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            papermill.execute_notebook(
-                str(root / "notebooks" / f"{stem}.ipynb"),
-                str(partial),
-                parameters=params,
-                kernel_name="python3",
-                cwd=str(out_dir),
-                progress_bar=False,
-                report_mode=False,
-            )
+            run_notebook(root / "notebooks" / f"{stem}.ipynb", partial, params, cwd=out_dir, log=log)
         except Exception as exc:  # papermill's error names the failing cell; keep the partial output to inspect
             raise BuildError(f"chapter {stem!r} failed: {exc}\n(the partly executed notebook is {partial})") from exc
         finally:
@@ -270,7 +291,7 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
                 _copy_if_changed(img, src / "notebooks" / "images" / img.relative_to(root / "book" / "images"))
     assets = src / "assets"
     assets.mkdir(exist_ok=True)
-    for shim in (root / "_assets").glob("*.js"):  # our own small scripts, next to the vendored ones
+    for shim in [*(root / "_assets").glob("*.js"), *(root / "_assets").glob("*.css")]:  # ours, beside the vendored
         _copy_if_changed(shim, assets / shim.name)
     for exported in sorted((executed / "explorer").glob("*.bin")):  # decoders of the in-browser explorers
         _copy_if_changed(exported, assets / "explorer" / exported.name)

@@ -71,14 +71,14 @@
       'image-rendering:pixelated;border:1px solid #ccc;background:#000"></canvas>' +
       '<div class="lb-z" style="font-family:monospace;margin-top:6px"></div>' +
       '<div class="lb-legend" style="font-size:12px;margin-top:6px;max-width:180px"></div></div></div>' +
-      '<div class="lb-status" style="font-size:13px;color:#666;margin-top:4px">loading the decoder…</div>';
+      '<div class="lb-status" style="font-size:13px;color:#666;margin-top:4px">loading the decoder\u2026</div>';
     var plane = root.querySelector(".lb-plane"), digit = root.querySelector(".lb-digit");
     var status = root.querySelector(".lb-status"), zText = root.querySelector(".lb-z");
     var ratio = window.devicePixelRatio || 1;
     plane.width = size * ratio; plane.height = size * ratio;
     root.querySelector(".lb-legend").innerHTML = (meta.classes || []).map(function (c, k) {
       return '<span style="white-space:nowrap;margin-right:6px"><span style="color:' + COLOURS[k % 10] +
-        '">●</span> ' + c + "</span>";
+        '">\u25cf</span> ' + c + "</span>";
     }).join(" ");
 
     function toPixel(v, axis) {  // code -> canvas pixel (y grows downward)
@@ -106,6 +106,13 @@
         bg.beginPath(); bg.moveTo(toPixel(g, 0), 0); bg.lineTo(toPixel(g, 0), background.height); bg.stroke();
         bg.beginPath(); bg.moveTo(0, toPixel(g, 1)); bg.lineTo(background.width, toPixel(g, 1)); bg.stroke();
       }
+      bg.fillStyle = "#888"; bg.font = (10 * ratio) + "px sans-serif";
+      for (var t = Math.ceil(lim[0]) + 1; t < lim[1]; t++) {  // axis labels inside the edges: z1 below, z2 left
+        bg.fillText(String(t), toPixel(t, 0) + 2 * ratio, background.height - 3 * ratio);
+        if (t !== 0) bg.fillText(String(t), 3 * ratio, toPixel(t, 1) - 2 * ratio);
+      }
+      bg.fillText("z\u2081 \u2192", background.width - 30 * ratio, background.height - 14 * ratio);
+      bg.fillText("z\u2082 \u2191", 3 * ratio, 12 * ratio);
       bg.globalAlpha = 0.6;
       for (var i = 0; i < meta.n_codes; i++) {
         bg.fillStyle = COLOURS[net.labels[i] % 10];

@@ -34,9 +34,9 @@ _ACTIVATIONS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
 def decoder_layers(model: nn.Module) -> list[tuple[nn.Linear, str]]:
     """The decoder of a 2-D MLP autoencoder or VAE as ``[(linear, activation after it), ...]``.
 
-    The last layer's activation is ``"sigmoid"``: ``model.decode`` returns sigmoid of the network's
-    output for every model here. Raises ValueError for a decoder that is not Linear/ReLU layers
-    (a convolutional one) or a code that is not two-dimensional.
+    The last layer's activation is what ``model.decode`` applies: ``"sigmoid"`` for a VAE and for an
+    autoencoder with a sigmoid output, ``"none"`` for a linear output. Raises ValueError for a decoder
+    that is not Linear/ReLU layers (a convolutional one) or a code that is not two-dimensional.
     """
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, nn.Sequential):
@@ -56,7 +56,7 @@ def decoder_layers(model: nn.Module) -> list[tuple[nn.Linear, str]]:
         raise ValueError("the explorer needs a decoder from a two-dimensional code")
     if layers[-1][0].out_features != 28 * 28 or layers[-1][1] != "none":
         raise ValueError("the decoder must end in a Linear layer with 784 outputs (pixel logits)")
-    layers[-1][1] = "sigmoid"
+    layers[-1][1] = "sigmoid" if getattr(model, "output", "sigmoid") == "sigmoid" else "none"
     return [(lin, act) for lin, act in layers]
 
 

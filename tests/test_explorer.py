@@ -34,6 +34,18 @@ def test_decoder_layers_of_the_mlp_vae():
         (2, 128, "relu"), (128, 256, "relu"), (256, 512, "relu"), (512, 784, "sigmoid")]
 
 
+def test_decoder_layers_follow_an_autoencoders_output():
+    torch.manual_seed(0)
+    for output, last in (("sigmoid", "sigmoid"), ("linear", "none")):
+        ae = models.build({"arch": "mlp_ae", "latent_dim": 2, "hidden": [16], "output": output})
+        layers = explorer.decoder_layers(ae)
+        assert [act for _, act in layers] == ["relu", last]
+        z = torch.randn(5, 2)
+        with torch.no_grad():
+            ours = explorer.run_layers([(lin.weight, lin.bias, act) for lin, act in layers], z)
+            assert torch.allclose(ours, ae.decode(z).reshape(5, -1), atol=1e-6)
+
+
 @pytest.mark.parametrize("model, match", [
     (lambda: _vae(encoder="conv"), "supports Linear"),
     (lambda: _vae(latent_dim=3), "two-dimensional"),

@@ -134,3 +134,33 @@ def test_code_fits_the_page(stem):
         if cell.cell_type == "code" and "remove-cell" not in cell.metadata.get("tags", []):
             for line in cell.source.splitlines():
                 assert len(line) <= 80, f"{stem}: {len(line)} characters: {line}"
+
+
+def test_a_stuck_smoke_cell_is_retried_once_then_fails(monkeypatch, tmp_path):
+    """build.run_notebook: a papermill run whose cell gets no reply is repeated once (smoke mode only)."""
+    import papermill
+    from nbclient.exceptions import CellTimeoutError
+
+    from latentbook import build
+
+    calls, logged = [], []
+
+    def stuck_then(results):
+        def fake(source, target, **kwargs):
+            calls.append(kwargs["execution_timeout"])
+            if results.pop(0):
+                raise CellTimeoutError("no reply")
+        return fake
+
+    monkeypatch.setattr(papermill, "execute_notebook", stuck_then([True, False]))
+    build.run_notebook(tmp_path / "a.ipynb", tmp_path / "b.ipynb", {"MODE": "smoke"}, cwd=tmp_path,
+                       log=logged.append)
+    assert calls == [build.SMOKE_CELL_TIMEOUT_S] * 2 and len(logged) == 1
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", stuck_then([True, True]))
+    with pytest.raises(CellTimeoutError):
+        build.run_notebook(tmp_path / "a.ipynb", tmp_path / "b.ipynb", {"MODE": "smoke"}, cwd=tmp_path, log=print)
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook", stuck_then([False]))
+    build.run_notebook(tmp_path / "a.ipynb", tmp_path / "b.ipynb", {"MODE": "full"}, cwd=tmp_path, log=print)
+    assert calls == [None]  # full mode: cells may train for minutes, no limit
