@@ -19,13 +19,14 @@ import hashlib
 import html as html_lib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from latentbook import train
 
 MAX_CODES = 2000  # codes drawn under the plane (in the file and in the live scatter): enough to see the shape
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
@@ -85,16 +86,8 @@ def export_decoder(model: nn.Module, codes: Tensor, labels: Tensor | None, path:
         parts += [lin.weight.detach().cpu().float().numpy().ravel(), lin.bias.detach().cpu().float().numpy()]
     parts.append(c.ravel())
     payload = np.concatenate(parts).astype("<f2").tobytes() + y.tobytes()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with train._atomic_path(Path(path)) as tmp:  # no half-written file, even if interrupted
+        tmp.write_bytes(payload)
     return {
         "layers": [{"in": lin.in_features, "out": lin.out_features, "act": act} for lin, act in layers],
         "n_codes": len(c), "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload),

@@ -48,3 +48,34 @@ def browser():
         )
         yield b
         b.close()
+
+
+def click_explorer(page, selector: str, points):
+    """Click the in-browser latent explorer ``selector`` (waits until it is ready) at ``points``
+    (fractions of the plane, y downward). Returns ``(codes [P, 2], images [P, 784])``: the code each
+    click decoded and the grey levels in [0, 1] drawn on the digit canvas."""
+    import torch
+
+    root = page.locator(selector).first
+    root.scroll_into_view_if_needed()
+    page.wait_for_function(f"() => document.querySelector({selector!r}).dataset.ready === 'yes'", timeout=20000)
+    plane = root.locator("canvas.lb-plane").bounding_box()
+    codes, images = [], []
+    for fx, fy in points:
+        page.mouse.click(plane["x"] + fx * plane["width"], plane["y"] + fy * plane["height"])
+        codes.append([float(v) for v in root.get_attribute("data-z").split(",")])
+        pixels = page.evaluate(f"""() => Array.from(document.querySelector({selector!r})
+                                   .querySelector('canvas.lb-digit').getContext('2d').getImageData(0, 0, 28, 28).data)""")
+        images.append(torch.tensor(pixels, dtype=torch.float32).reshape(784, 4)[:, 0] / 255)
+    return torch.tensor(codes), torch.stack(images)
+
+
+def assert_drawn_as_pytorch_decodes(model, codes, images, min_difference: float) -> None:
+    """The drawn digits equal ``model.decode(codes)`` to the float16 storage and 8-bit display, and the
+    first two differ from each other by more than ``min_difference`` somewhere (not one image twice)."""
+    import torch
+
+    with torch.no_grad():
+        reference = model.decode(codes).reshape(len(codes), 784)
+    assert (images - reference).abs().max() < 0.02 + 1 / 255
+    assert (images[0] - images[1]).abs().max() > min_difference and (images[0] - images[1]).abs().mean() > 0.01

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_drawn_as_pytorch_decodes, click_explorer
 from latentbook import data, explorer, models, train
 
 
@@ -126,15 +127,14 @@ def test_live_explorer_shows_the_decoded_point(trained, monkeypatch):
     assert np.allclose(shown, expected, atol=1e-6)
 
 
-def test_interpolation_explorer_ends_at_the_two_images(trained):
-    model, _, _ = trained
-    x, y = data.load("mnist", "test")
+def test_interpolation_explorer_ends_at_the_two_images(trained, monkeypatch):
     import IPython.display
 
+    model, _, _ = trained
+    x, y = data.load("mnist", "test")
     shown = []
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
-        w = explorer.interpolation_explorer(model, x[:50], y[:50], steps=5)
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    w = explorer.interpolation_explorer(model, x[:50], y[:50], steps=5)
     assert [c.description for c in w.children[:2]] == ["from", "to"]
     mosaic = np.asarray(shown[0].axes[0].images[0].get_array())  # 2 rows x 5 images, 2-pixel gaps
     assert mosaic.shape == (2 * 28 + 2, 5 * 28 + 4 * 2)
@@ -156,27 +156,11 @@ def test_in_browser_explorer_matches_pytorch(trained, tmp_path, browser, serve):
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{serve(tmp_path)}/index.html")
-    root = page.locator("#lb-explorer-vae-test")
-    page.wait_for_function("() => document.querySelector('#lb-explorer-vae-test').dataset.ready === 'yes'",
-                           timeout=15000)
-    plane = root.locator("canvas.lb-plane").bounding_box()
-    images, zs = [], []
-    for fx, fy in ((0.3, 0.4), (0.75, 0.7)):
-        page.mouse.click(plane["x"] + fx * plane["width"], plane["y"] + fy * plane["height"])
-        z = [float(v) for v in root.get_attribute("data-z").split(",")]
-        pixels = page.evaluate("""() => Array.from(document.querySelector('#lb-explorer-vae-test canvas.lb-digit')
-                                     .getContext('2d').getImageData(0, 0, 28, 28).data)""")
-        images.append(torch.tensor(pixels, dtype=torch.float32).reshape(784, 4)[:, 0] / 255)
-        zs.append(z)
+    codes, images = click_explorer(page, "#lb-explorer-vae-test", [(0.3, 0.4), (0.75, 0.7)])
     assert errors == []
     # the click position maps to the code: x to the right, y upward, over [-4, 4]
-    assert zs[0][0] == pytest.approx(-4 + 0.3 * 8, abs=0.05) and zs[0][1] == pytest.approx(4 - 0.4 * 8, abs=0.05)
-    with torch.no_grad():
-        reference = model.decode(torch.tensor(zs)).reshape(2, 784)
-    for ours, ref in zip(images, reference):
-        assert (ours - ref).abs().max() < 0.02 + 1 / 255
-    # two different images, far beyond the display and storage tolerance, not one image twice
-    assert (images[0] - images[1]).abs().max() > 0.2 and (images[0] - images[1]).abs().mean() > 0.01
+    assert codes[0].tolist() == pytest.approx([-4 + 0.3 * 8, 4 - 0.4 * 8], abs=0.05)
+    assert_drawn_as_pytorch_decodes(model, codes, images, min_difference=0.2)
     page.close()
 
 
