@@ -87,6 +87,7 @@ def test_chapter_runs_from_a_fresh_start(colab, stem, tmp_path, monkeypatch):
     for var in ("PYTHONPATH", "LATENTBOOK_DATA", "LATENTBOOK_MODELS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no user caches: data and models start empty
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
     monkeypatch.setenv("LATENTBOOK_PROGRESS", "0")
