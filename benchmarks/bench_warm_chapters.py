@@ -39,13 +39,12 @@ def widget_response(run) -> dict[str, float]:
     x, y = data.load(run.dataset, "test", device=run.device)
     vae2, _ = zoo.get("vae-2", run, progress=False)
     codes = evaluate.encode(vae2, x[:2000]).cpu()
-    decode = explorer._decoder_on(vae2)
     beta_model, _ = zoo.get("vae-32-beta4", run, progress=False)
     z = torch.randn(10, 32, device=run.device)
 
     def explorer_frame():
-        explorer.explorer_figure(decode, codes.numpy(), y[:2000].cpu().numpy(), (0.5, -0.5), ((-4, 4), (-4, 4))).savefig(
-            io.BytesIO(), format="png")
+        explorer.explorer_figure(vae2, codes.numpy(), y[:2000].cpu().numpy(), (0.5, -0.5),
+                                 ((-4, 4), (-4, 4))).savefig(io.BytesIO(), format="png")
 
     def beta_frame():
         plots.image_grid([x[:10], evaluate.reconstruct(beta_model, x[:10]), evaluate.decode(beta_model, z)],
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "params": params,
         "machine": info,
-        "method": "latentbook.build.execute(force=True) into a temporary folder after zoo.warm; "
+        "method": f"latentbook.build.execute(force=True) into {args.out or 'a temporary folder'} after zoo.warm; "
                   "widget responses: best of 3 (figure computed and drawn to PNG).",
         "seconds_per_chapter": seconds,
         "widget_response_s": widgets,

@@ -185,7 +185,6 @@ def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_
 def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None = None, force: bool = False,
             log=print) -> list[ChapterRun]:
     """Execute the chapters with papermill into ``out_dir``; skip those already current."""
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = chapters(root)
     if only:

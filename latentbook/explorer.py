@@ -20,7 +20,7 @@ import html as html_lib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -153,13 +153,13 @@ def static_explorer(model: nn.Module, codes: Tensor, labels: Tensor | None = Non
     )
 
 
-def explorer_figure(decode: Callable[[Tensor], Tensor], codes: np.ndarray, labels: np.ndarray,
+def explorer_figure(model: nn.Module, codes: np.ndarray, labels: np.ndarray,
                     z: Sequence[float], bounds: Sequence[Sequence[float]]):
     """One frame of the live explorer: ``codes [N, 2]`` with ``z`` marked, over
-    ``bounds = ((lo₁, hi₁), (lo₂, hi₂))``, and ``decode(z)`` as an image."""
+    ``bounds = ((lo₁, hi₁), (lo₂, hi₂))``, and the image ``model`` decodes at ``z``."""
     import matplotlib.pyplot as plt
 
-    from latentbook import plots
+    from latentbook import evaluate, plots
 
     # created outside the style context, as in lb.plots (the first figure of a session sets up the backend)
     fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3.4), width_ratios=[1.3, 1], layout="constrained")
@@ -170,21 +170,11 @@ def explorer_figure(decode: Callable[[Tensor], Tensor], codes: np.ndarray, label
             a.get_legend().remove()
         a.set(xlim=bounds[0], ylim=bounds[1])
         a.plot([z[0]], [z[1]], marker="X", color="black", markersize=12)
-        image = decode(torch.tensor([list(z)], dtype=torch.float32)).detach().cpu().reshape(28, 28).numpy()
+        image = evaluate.decode(model, torch.tensor([list(z)], dtype=torch.float32)).reshape(28, 28).numpy()
         b.imshow(image, cmap="gray", vmin=0, vmax=1)
         b.set_title(f"decoded at ({z[0]:.2f}, {z[1]:.2f})")
         b.axis("off")
     return fig
-
-
-def _decoder_on(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    device = next(model.parameters()).device
-
-    @torch.no_grad()
-    def decode(z: Tensor) -> Tensor:
-        return model.decode(z.to(device))
-
-    return decode
 
 
 def live_explorer(model: nn.Module, codes: Tensor, labels: Tensor | None = None, *,
@@ -210,11 +200,9 @@ def live_explorer(model: nn.Module, codes: Tensor, labels: Tensor | None = None,
     if not (lo1 < hi1 and lo2 < hi2):
         raise ValueError(f"bounds must be ((lo₁, hi₁), (lo₂, hi₂)) with lo < hi, got {bounds!r}")
     start = start if start is not None else ((lo1 + hi1) / 2, (lo2 + hi2) / 2)
-    decode = _decoder_on(model)
-
     def show(z1: float, z2: float) -> None:
         # interactive() (unlike interact()) does not display return values: show the frame ourselves
-        display(explorer_figure(decode, c, y, (z1, z2), bounds))
+        display(explorer_figure(model, c, y, (z1, z2), bounds))
 
     def slider(value: float, lo: float, hi: float, label: str):
         return widgets.FloatSlider(value=value, min=lo, max=hi, step=(hi - lo) / 100, description=label,

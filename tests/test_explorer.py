@@ -116,7 +116,7 @@ def test_live_explorer_shows_the_decoded_point(trained, monkeypatch):
     assert len(shown) == 1 and isinstance(shown[0], Figure)  # the first frame, shown at once (and on the site)
     sliders = {c.description: c for c in w.children[:2]}
     assert set(sliders) == {"z₁", "z₂"} and sliders["z₁"].value == 0.5
-    fig = explorer.explorer_figure(explorer._decoder_on(model), codes.numpy(), labels.numpy().astype(np.uint8),
+    fig = explorer.explorer_figure(model, codes.numpy(), labels.numpy().astype(np.uint8),
                                    (0.5, -1.0), ((-4, 4), (-4, 4)))
     scatter_ax, image_ax = fig.axes
     marker = scatter_ax.lines[0].get_xydata()
