@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA as SkPCA
 
 from latentbook.pca import PCA, NotFittedError, components_for_variance
 
-SOLVERS = ["svd", "eig"]
+SOLVERS = ["svd", "eig", "auto"]
 # sklearn >= 1.5 flips signs on V (largest |entry| of each component positive), our convention,
 # so components can be compared with their signs; older versions flip on U.
 SKLEARN_SAME_SIGNS = tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 5)
@@ -239,13 +239,16 @@ def test_bad_input_errors():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_centred_gram_is_the_full_symmetric_product(dtype, monkeypatch):
+@pytest.mark.parametrize("offset", [0.0, 1e3])  # near the origin: XᵀX - NμμᵀX; far from it: centred chunks
+def test_centred_gram_is_the_full_symmetric_product(dtype, offset, monkeypatch):
     """Only the upper block triangle is multiplied, over several chunks; the result is the whole XcᵀXc."""
     from latentbook import pca as pca_module
 
     monkeypatch.setattr(pca_module, "CHUNK_ROWS", 128)  # several chunks
     g = torch.Generator().manual_seed(0)
-    X = (torch.rand(1000, 37, generator=g, dtype=torch.float64) ** 3).to(dtype)
+    X = (torch.rand(1000, 37, generator=g, dtype=torch.float64) ** 3 + offset).to(dtype)
+    X[:, 5] = 0.0  # an all-zero column (MNIST's border) and a constant non-zero one
+    X[:, 6] = 7.0
     mean = X.double().mean(0)
     gram = pca_module._centred_gram(X, mean)
     Xc = X.double() - mean
@@ -253,3 +256,34 @@ def test_centred_gram_is_the_full_symmetric_product(dtype, monkeypatch):
     assert gram.dtype == torch.float64 and torch.equal(gram, gram.T)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(gram, expected, rtol=tol, atol=tol * expected.abs().max().item())
+    assert torch.all(gram[5] == 0) and torch.all(gram[6].abs() <= tol * expected.abs().max())
+
+
+def test_centred_gram_recentres_where_the_uncentred_product_would_cancel():
+    """Float32 data far from the origin: XᵀX - Nμμᵀ alone loses the variances; the guard recentres."""
+    from latentbook import pca as pca_module
+
+    g = torch.Generator().manual_seed(1)
+    X = (1e3 + torch.randn(4000, 12, generator=g, dtype=torch.float64) * torch.linspace(0.1, 2, 12, dtype=torch.float64))
+    X32 = X.float()
+    mean = X32.double().mean(0)
+    Xc = X32.double() - mean
+    expected = Xc.T @ Xc
+    relative = lambda G: float(((G - expected).abs() / expected.diagonal().sqrt().outer(expected.diagonal().sqrt())).max())
+    assert relative(pca_module._centred_gram(X32, mean)) < 1e-5
+    uncentred = pca_module._gram(X32) - len(X32) * torch.outer(mean, mean)  # what the guard avoids
+    assert relative(uncentred) > 1e-2
+
+
+@pytest.mark.parametrize("n,D,expected", [(300, 20, "eig"), (199, 20, "svd"), (40, 60, "svd"), (10010, 1001, "svd")])
+def test_auto_solver_chooses_as_sklearn(n, D, expected):
+    """Covariance eigendecomposition only for tall data (N >= 10 D, D <= 1000), scikit-learn's rule."""
+    from latentbook.pca import _auto_solver
+
+    assert _auto_solver(n, D) == expected
+    if n * D > 1e5:  # the rule depends on the shape only: no need to fit a 10010 x 1001 matrix
+        return
+    X = np.random.default_rng(0).normal(size=(n, D)).astype(np.float32)
+    assert PCA(3).fit(X).solver_ == expected
+    sk = SkPCA(3, svd_solver="auto").fit(X)
+    assert (sk._fit_svd_solver == "covariance_eigh") == (expected == "eig")
