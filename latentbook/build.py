@@ -261,12 +261,14 @@ def vendor_assets(root: Path, log=print) -> Path:
     return vendor
 
 
-def _copy_if_changed(src: Path, dst: Path) -> None:
+def _copy_if_changed(src: Path, dst: Path) -> bool:
+    """Copy ``src`` to ``dst`` unless they are equal already; True if it copied."""
     # Keep unchanged files untouched so Sphinx's incremental build sees nothing new.
     if dst.is_file() and dst.read_bytes() == src.read_bytes():
-        return
+        return False
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst)
+    return True
 
 
 def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
@@ -290,10 +292,11 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
                 _copy_if_changed(img, src / "notebooks" / "images" / img.relative_to(root / "book" / "images"))
     assets = src / "assets"
     assets.mkdir(exist_ok=True)
+    changed = False
     for shim in [*(root / "_assets").glob("*.js"), *(root / "_assets").glob("*.css")]:  # ours, beside the vendored
-        _copy_if_changed(shim, assets / shim.name)
+        changed |= _copy_if_changed(shim, assets / shim.name)
     for exported in sorted((executed / "explorer").glob("*.bin")):  # decoders of the in-browser explorers
-        _copy_if_changed(exported, assets / "explorer" / exported.name)
+        changed |= _copy_if_changed(exported, assets / "explorer" / exported.name)
     link = assets / "vendor"
     vendor = vendor_assets(root, log=log)
     if not link.is_symlink():
@@ -308,8 +311,12 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
     # renders, a JavaScript error from the second page on; the book does not use it, so drop it.
     conf = src / "conf.py"
     conf.write_text(conf.read_text() + '\nextensions = [e for e in extensions if e != "sphinx_thebe"]\n')
+    # Sphinx copies extra files only when some page is out of date, so a changed stylesheet, script or
+    # exported decoder alone would never reach the site: then write every page (-a).
+    rewrite = ["-a"] if changed else []
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", "-d", str(out / "doctrees"), str(src), str(html)],
+        [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", *rewrite,
+         "-d", str(out / "doctrees"), str(src), str(html)],
         capture_output=True, text=True,
     )
     if proc.returncode:

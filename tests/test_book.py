@@ -61,6 +61,16 @@ def test_changed_parameters_reexecute(smoke_build, tmp_path):
     assert key_a != key_b
 
 
+def test_a_changed_stylesheet_reaches_the_site(smoke_build):
+    """Sphinx copies extra files only when a page is out of date; a new stylesheet alone must still arrive."""
+    out = ROOT / "_build" / "smoke"  # in place: a copy elsewhere would make Sphinx rewrite every page anyway
+    css = (ROOT / "_assets" / "latentbook.css").read_text()
+    for old in (out / "src" / "assets" / "latentbook.css", out / "html" / "latentbook.css"):
+        old.write_text("/* an older stylesheet */\n")
+    html = build.build_site(ROOT, ROOT / "_executed" / "smoke", out)
+    assert (html / "latentbook.css").read_text() == css
+
+
 def test_unknown_chapter_and_mode_are_refused():
     with pytest.raises(build.BuildError, match="unknown chapter"):
         build.execute(ROOT, SMOKE, ROOT / "_executed" / "smoke", only=["no-such-chapter"])
@@ -116,6 +126,13 @@ def test_page_in_browser(site, browser, stem):
     # no cell shows an error
     assert page.locator(".cell_output .output.error, .cell_output .traceback").count() == 0
     assert "Traceback" not in page.locator("main").inner_text()
+    # nothing in a cell is cut off at 1280 px: code fits (80 characters), longer printed lines wrap
+    cut = page.evaluate(
+        """() => [...document.querySelectorAll('div.cell pre')]
+                   .filter(p => p.scrollWidth > p.clientWidth + 1)
+                   .map(p => p.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, ''))"""
+    )
+    assert cut == [], f"cell text wider than its box on {stem}: {cut}"
     # the closing sections rendered as sections (an unclosed fence would swallow them)
     headings = page.locator("main h2").all_inner_texts()
     for section in ("Summary", "References"):
