@@ -200,6 +200,7 @@ def live_explorer(model: nn.Module, codes: Tensor, labels: Tensor | None = None,
     if not (lo1 < hi1 and lo2 < hi2):
         raise ValueError(f"bounds must be ((lo₁, hi₁), (lo₂, hi₂)) with lo < hi, got {bounds!r}")
     start = start if start is not None else ((lo1 + hi1) / 2, (lo2 + hi2) / 2)
+
     def show(z1: float, z2: float) -> None:
         # interactive() (unlike interact()) does not display return values: show the frame ourselves
         display(explorer_figure(model, c, y, (z1, z2), bounds))

@@ -310,13 +310,14 @@ def _gram(X: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
     quarter faster than ``chunk.T @ chunk``.
     """
     work = torch.float64 if X.dtype == torch.float64 else torch.float32
+    centre = None if centre is None else centre.to(work)
     D = X.shape[1]
     edges = [round(i * D / GRAM_BLOCKS) for i in range(GRAM_BLOCKS + 1)]
     gram = torch.zeros(D, D, dtype=torch.float64, device=X.device)
     for start in range(0, X.shape[0], CHUNK_ROWS):
         chunk = X[start : start + CHUNK_ROWS].to(work)  # a view unless X needs converting
         if centre is not None:
-            chunk = chunk - centre.to(work)
+            chunk = chunk - centre
         for a, b in zip(edges, edges[1:]):  # block row [a, b) against the columns from a on
             gram[a:b, a:] += (chunk[:, a:b].T @ chunk[:, a:]).to(torch.float64)
     return torch.triu(gram) + torch.triu(gram, 1).T
