@@ -53,10 +53,12 @@ sync: env
 check: env
 	$(PY) -m latentbook check
 
-# Instructors, before class: execute every chapter once, which trains and caches every model and the
-# expensive evaluations (k = 5,000 likelihoods); in class each chapter then runs in under a minute.
-warm: env system
-	$(PY) -m latentbook build --no-site --force --mode $(MODE) --device $(DEVICE) --dataset $(DATASET) --seed $(SEED)
+# Instructors, before class: fetch every published model and evaluation (training only what is not
+# published), then execute every chapter once, which computes whatever the store still lacks; in class
+# each chapter then runs in under a minute. Needs no browser and no Debian package.
+warm: env
+	$(PY) -m latentbook warm --mode $(MODE) --device $(DEVICE) --dataset $(DATASET) --seed $(SEED)
+	$(PY) -m latentbook build --no-site --mode $(MODE) --device $(DEVICE) --dataset $(DATASET) --seed $(SEED)
 
 cache-info: env
 	$(PY) -m latentbook cache info

@@ -1,6 +1,7 @@
-"""Command line: ``python -m latentbook {build,check,sync,data,cache}``.
+"""Command line: ``python -m latentbook {build,check,sync,data,warm,cache}``.
 
-``make book`` calls ``build``; instructors warm or clear the model cache with ``cache``.
+``make book`` calls ``build``; instructors get every model ready with ``warm`` (fetched from the
+published book where it has them, else trained) and list or clear the store with ``cache``.
 """
 
 from __future__ import annotations
@@ -58,20 +59,22 @@ def _data(args) -> int:
     return 0
 
 
+def _warm(args) -> int:
+    from latentbook import store, zoo
+    from latentbook.chapter import start
+
+    run = start(args.mode, args.device, args.dataset, args.seed)
+    zoo.warm(run, args.models)
+    print(store.info())
+    return 0
+
+
 def _cache(args) -> int:
-    from latentbook import train
+    from latentbook import store
 
-    if args.action == "info":
-        print(train.cache_info())
-    elif args.action == "clear":
-        print(train.clear_cache())
-    elif args.action == "warm":
-        from latentbook import zoo
-        from latentbook.chapter import start
-
-        run = start(args.mode, args.device, args.dataset, args.seed)
-        zoo.warm(run, args.models)
-        print(train.cache_info())
+    if args.action == "warm":  # the older spelling of `python -m latentbook warm`
+        return _warm(args)
+    print(store.info() if args.action == "info" else store.clear())
     return 0
 
 
@@ -96,14 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("names", nargs="*", default=["mnist", "fashion-mnist"])
     d.set_defaults(func=_data)
 
-    c = sub.add_parser("cache", help="list, clear or warm (train every model of the book) the model cache")
-    c.add_argument("action", choices=["info", "clear", "warm"])
-    c.add_argument("--mode", default="full", help="warm: the run mode the chapters will use")
-    c.add_argument("--device", default="auto")
-    c.add_argument("--dataset", default="mnist")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--models", nargs="*", help="warm only these (names in latentbook.zoo.RECIPES)")
-    c.set_defaults(func=_cache)
+    for name, helptext, func in (
+        ("warm", "get every model of the book ready: fetch the published entries, train only what is missing", _warm),
+        ("cache", "list (info) or clear the store of trained models and evaluations; warm as above", _cache),
+    ):
+        c = sub.add_parser(name, help=helptext)
+        if name == "cache":
+            c.add_argument("action", choices=["info", "clear", "warm"])
+        c.add_argument("--mode", default="full", help="warm: the run mode the chapters will use")
+        c.add_argument("--device", default="auto")
+        c.add_argument("--dataset", default="mnist")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--models", nargs="*", help="warm only these (names in latentbook.zoo.RECIPES)")
+        c.set_defaults(func=func)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from latentbook import store
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Front-end assets, pinned with the integrity hashes the npm registry publishes for them.
@@ -121,36 +123,120 @@ def sync(root: Path) -> None:
             cell.id = f"c{i:03d}-" + hashlib.sha1(cell.source.encode()).hexdigest()[:8]
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
-        _atomic_write_text(root / "notebooks" / f"{md.stem}.ipynb", jupytext.writes(nb, fmt="ipynb"))
+        store.write_text(root / "notebooks" / f"{md.stem}.ipynb", jupytext.writes(nb, fmt="ipynb"))
 
 
 # --------------------------------------------------------------------------------------------
 # 2. Execution
 
 
-def code_fingerprint() -> str:
-    """SHA-256 over the ``latentbook`` package source (and the script it inlines into outputs, explorer.js):
-    a changed helper re-executes the chapters."""
-    h = hashlib.sha256()
-    for path in sorted([*PACKAGE_DIR.glob("*.py"), *PACKAGE_DIR.glob("*.js")]):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+def module_fingerprint(name: str, package_dir: Path = PACKAGE_DIR) -> str:
+    """What a ``latentbook`` module means, not its bytes: the SHA-256 of its syntax tree with docstrings
+    and comments gone (so editing either re-executes nothing), plus the bytes of the data files it
+    reads at run time (``explorer.js``, inlined into the explorer's output). ``""`` for a module that
+    no longer exists."""
+    import ast
+
+    parts = name.split(".")
+    path = package_dir.joinpath(*parts[1:]).with_suffix(".py") if len(parts) > 1 else package_dir / "__init__.py"
+    if not path.is_file():
+        return ""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    h = hashlib.sha256(ast.dump(tree, include_attributes=False).encode())
+    for data_file in PACKAGE_DATA.get(name, ()):
+        h.update((package_dir / data_file).read_bytes())
     return h.hexdigest()
 
 
-def chapter_key(root: Path, stem: str, params: dict) -> str:
-    """What decides whether an executed chapter is still current."""
-    h = hashlib.sha256()
-    h.update((root / "book" / f"{stem}.md").read_bytes())
-    h.update(json.dumps(params, sort_keys=True).encode())
-    h.update(code_fingerprint().encode())
+# Files a module reads at run time, whose bytes shape a chapter's outputs.
+PACKAGE_DATA = {"latentbook.explorer": ("explorer.js",)}
+
+
+def code_key(root: Path, stem: str, params: dict) -> str:
+    """The chapter's code cells (source and order) and the parameters it runs with: what, with the
+    modules and store entries it used, decides its outputs. Prose, tags and metadata are not in it."""
+    import nbformat
+
+    nb = nbformat.read(root / "notebooks" / f"{stem}.ipynb", as_version=4)
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            h.update(b"\0cell\0" + cell.source.strip().encode())
     return h.hexdigest()
+
+
+def _source_hash(root: Path, stem: str) -> str:
+    return hashlib.sha256((root / "notebooks" / f"{stem}.ipynb").read_bytes()).hexdigest()
+
+
+def stale(root: Path, stem: str, params: dict, out_dir: Path) -> str | None:
+    """Why the executed chapter in ``out_dir`` must execute again, or None when it need not.
+
+    Up to date means: the same code cells and parameters, each module it imported has the same
+    :func:`module_fingerprint`, and each store entry it read or wrote is still in the store with the
+    same checksum (a cleared or replaced entry re-executes, so the page and the store agree).
+    """
+    target, stamp = out_dir / f"{stem}.ipynb", out_dir / f"{stem}.json"
+    if not (target.is_file() and stamp.is_file()):
+        return "not executed yet"
+    try:
+        recorded = json.loads(stamp.read_text())
+    except ValueError:
+        return "its record is unreadable"
+    if recorded.get("code") != code_key(root, stem, params):
+        return "its code cells or parameters changed"
+    if "modules" not in recorded:
+        return "no dependency record"
+    changed = [m for m, fp in recorded["modules"].items() if module_fingerprint(m) != fp]
+    if changed:
+        return f"latentbook code it uses changed ({', '.join(sorted(changed))})"
+    where = store.folder()
+    for key, checksum in recorded.get("entries", {}).items():
+        try:
+            held = json.loads((where / f"{key}.json").read_text()).get("checksum")
+        except (OSError, ValueError):
+            held = None
+        if held != checksum or not (where / f"{key}.pt").is_file():
+            return f"store entry {key} it used is missing or changed"
+    return None
+
+
+def merge_prose(source: Path, executed: Path, target: Path) -> None:
+    """Write ``target``: the cells of ``source`` (new prose) with the outputs of ``executed``, whose
+    code cells are the same in the same order (papermill's injected parameters cell is kept)."""
+    import nbformat
+
+    new = nbformat.read(source, as_version=4)
+    old = nbformat.read(executed, as_version=4)
+    code = [c for c in old.cells if c.cell_type == "code"]
+    cells = []
+    for cell in new.cells:
+        if cell.cell_type != "code":
+            cells.append(cell)
+            continue
+        ran = code.pop(0)
+        if ran.source.strip() != cell.source.strip():
+            raise BuildError(f"{source.name}: code cells differ from the executed notebook's; it must execute")
+        cell.outputs, cell.execution_count = ran.outputs, ran.execution_count
+        cell.metadata = {**cell.metadata, **{k: v for k, v in ran.metadata.items() if k == "papermill"}}
+        cells.append(cell)
+        if code and "injected-parameters" in code[0].metadata.get("tags", []):
+            cells.append(code.pop(0))
+    old.cells = cells
+    store.write_text(target, nbformat.writes(old))
 
 
 @dataclass
 class ChapterRun:
     stem: str
     seconds: float
-    status: str  # "executed" or "up to date"
+    status: str  # "executed", "up to date" or "prose updated"
 
 
 # A cell of a smoke-mode chapter takes seconds; one that has had no reply for this long is stuck.
@@ -195,31 +281,54 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
     env = {"LATENTBOOK_PROGRESS": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     runs = []
     for stem in stems:
-        key = chapter_key(root, stem, params)
         target, stamp = out_dir / f"{stem}.ipynb", out_dir / f"{stem}.json"
-        if not force and target.is_file() and stamp.is_file():
+        why = "forced" if force else stale(root, stem, params, out_dir)
+        if why is None:
             recorded = json.loads(stamp.read_text())
-            if recorded.get("key") == key:
+            if recorded.get("source") == _source_hash(root, stem):
                 runs.append(ChapterRun(stem, recorded["seconds"], "up to date"))
                 continue
-        log(f"executing {stem} ({', '.join(f'{k}={v!r}' for k, v in params.items())}) ...")
-        partial = out_dir / f".{stem}.partial.ipynb"
+            start = time.perf_counter()
+            merge_prose(root / "notebooks" / f"{stem}.ipynb", target, target)
+            store.write_text(stamp, json.dumps({**recorded, "source": _source_hash(root, stem)}, indent=1))
+            runs.append(ChapterRun(stem, time.perf_counter() - start, "prose updated"))
+            continue
+        log(f"executing {stem} ({why}; {', '.join(f'{k}={v!r}' for k, v in params.items())}) ...")
+        failed = out_dir / f"{stem}.failed.ipynb"
+        record = out_dir / f".{stem}.dependencies.json"
+        record.unlink(missing_ok=True)
         start = time.perf_counter()
         old_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        os.environ.update(env, LATENTBOOK_DEPENDENCIES=str(record))
         try:
-            run_notebook(root / "notebooks" / f"{stem}.ipynb", partial, params, cwd=out_dir, log=log)
-        except Exception as exc:  # papermill's error names the failing cell; keep the partial output to inspect
-            raise BuildError(f"chapter {stem!r} failed: {exc}\n(the partly executed notebook is {partial})") from exc
+            # papermill writes into a temporary file that becomes the executed notebook only when the
+            # chapter ends well: an interrupted or failed run never leaves a half-executed chapter.
+            with store.atomic_path(target) as partial:
+                try:
+                    run_notebook(root / "notebooks" / f"{stem}.ipynb", partial, params, cwd=out_dir, log=log)
+                except Exception as exc:  # papermill's error names the failing cell; keep that notebook
+                    if partial.is_file():
+                        shutil.copyfile(partial, failed)
+                    raise BuildError(f"chapter {stem!r} failed: {exc}\n(the partly executed notebook is {failed})") from exc
         finally:
+            os.environ.pop("LATENTBOOK_DEPENDENCIES", None)
             for k, v in old_env.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
         seconds = time.perf_counter() - start
-        os.replace(partial, target)
-        _atomic_write_text(stamp, json.dumps({"key": key, "seconds": seconds, "params": params}))
+        try:
+            used = json.loads(record.read_text())
+        except (OSError, ValueError):  # a chapter that never called start(): it depends on everything
+            used = {"modules": sorted(f"latentbook.{p.stem}" for p in PACKAGE_DIR.glob("*.py") if p.stem != "__main__"),
+                    "entries": {}}
+        record.unlink(missing_ok=True)
+        failed.unlink(missing_ok=True)
+        store.write_text(stamp, json.dumps({
+            "code": code_key(root, stem, params), "source": _source_hash(root, stem), "params": params,
+            "seconds": seconds, "modules": {m: module_fingerprint(m) for m in used["modules"]},
+            "entries": used["entries"]}, indent=1))
         runs.append(ChapterRun(stem, seconds, "executed"))
     return runs
 
@@ -324,6 +433,38 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
     return html
 
 
+def export_models(root: Path, executed: Path, dest: Path, *, stems: list[str] | None = None, log=print) -> dict:
+    """Copy every store entry the executed chapters used into ``dest`` (the site's ``models/``) with
+    ``manifest.json``: each entry's key, configuration, size and SHA-256. Learners and instructors
+    fetch from there (:func:`latentbook.store.get`) the very weights that made the published pages."""
+    from latentbook import __version__
+
+    used: dict[str, str] = {}
+    for stem in stems or chapters(root):
+        used.update(json.loads((executed / f"{stem}.json").read_text()).get("entries", {}))
+    where = store.folder()
+    entries = {}
+    for key, checksum in sorted(used.items()):
+        src = where / f"{key}.pt"
+        try:
+            description = json.loads((where / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            description = {}
+        if not src.is_file() or description.get("checksum") != checksum:
+            raise BuildError(f"store entry {key} that the book used is missing from {where} or changed; "
+                             "execute the chapters again (make book)")
+        _copy_if_changed(src, dest / f"{key}.pt")
+        entries[key] = {"sha256": store.file_sha256(dest / f"{key}.pt"), "bytes": src.stat().st_size,
+                        "checksum": checksum, "config": description["config"]}
+    for old in dest.glob("*.pt"):
+        if old.stem not in entries:
+            old.unlink()
+    manifest = {"format": store.FORMAT, "latentbook": __version__, "entries": entries}
+    store.write_text(dest / store.MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    log(f"exported {len(entries)} store entries ({sum(e['bytes'] for e in entries.values()) / 1e6:.1f} MB) to {dest}")
+    return manifest
+
+
 def build(root: Path | None = None, params: dict | None = None, *, only: list[str] | None = None,
           force: bool = False, site: bool = True, log=print) -> tuple[Path | None, list[ChapterRun]]:
     """Check, execute and build; returns the site folder and each chapter's timing."""
@@ -342,6 +483,7 @@ def build(root: Path | None = None, params: dict | None = None, *, only: list[st
     if site:
         start = time.perf_counter()
         html = build_site(root, executed, root / "_build" / mode, log=log)
+        export_models(root, executed, html / "models", log=log)
         runs.append(ChapterRun("(site build)", time.perf_counter() - start, "built"))
     return html, runs
 
@@ -352,15 +494,3 @@ def timing_table(runs: list[ChapterRun]) -> str:
     for r in runs:
         lines.append(f"{r.stem:<{width}}  {r.seconds:8.1f}  {r.status}")
     return "\n".join(lines)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

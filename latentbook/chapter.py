@@ -7,12 +7,15 @@ what this run is, so every executed page states the parameters it ran with.
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import sys
 from dataclasses import dataclass
 
 import torch
 
-from latentbook import __version__
+from latentbook import __version__, store
 from latentbook.runmode import RunMode, get_mode, resolve_device, seed_everything
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -42,9 +45,40 @@ def start(MODE: str = "full", DEVICE: str = "auto", DATASET: str = "mnist", SEED
         raise ValueError(f"unknown DATASET {DATASET!r}; choose one of {list(DATASETS)}")
     run = Run(get_mode(MODE), resolve_device(DEVICE), dataset, SEED)
     seed_everything(SEED)
+    _record_dependencies(os.environ.get("LATENTBOOK_DEPENDENCIES", ""))
     if not quiet:
         print("This run:", run.describe())
     return run
+
+
+def dependencies() -> dict:
+    """What this process has used so far: the ``latentbook`` modules it imported and the store
+    entries it read or wrote (``{key: checksum}``)."""
+    modules = sorted(m for m in sys.modules if m == "latentbook" or m.startswith("latentbook."))
+    return {"modules": modules, "entries": store.used()}
+
+
+def _record_dependencies(path: str) -> None:
+    """When the build asks (``$LATENTBOOK_DEPENDENCIES``), rewrite ``path`` with :func:`dependencies`
+    after every cell, so the record is complete when the last cell ends (the build keys the chapter on it)."""
+    if not path:
+        return
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def write(*_args) -> None:
+        store.write_text(path, json.dumps(dependencies(), indent=1))
+
+    write()
+    for old in [cb for cb in shell.events.callbacks["post_run_cell"] if getattr(cb, "__name__", "") == write.__name__
+                and getattr(cb, "__module__", "") == __name__]:
+        shell.events.unregister("post_run_cell", old)  # start() run twice in one kernel: one writer
+    shell.events.register("post_run_cell", write)
 
 
 def glue(name: str, value, display: bool = False) -> None:

@@ -12,33 +12,30 @@ digits and noise with targets that say "unclear" (the ``blend`` and ``noise`` op
     clf, history = classifier.train_cached({"arch": "digit_classifier"}, epochs=3)
 
 Training needs labels, which :func:`latentbook.train.fit` (reconstruction objectives) never sees, so
-this module has its own short loop (:func:`fit`). Trained classifiers are stored in the same model
-cache as every other model (``python -m latentbook cache info`` lists them), keyed by a hash of their
-spec, data, training options and the source of this file.
+this module has its own short loop (:func:`fit`). Trained classifiers are kept in the store with every
+other model (``python -m latentbook cache info`` lists them), keyed by their spec, data, training
+options, seed and version numbers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentbook import data, models, train
+from latentbook import checks, data, models, store, train
 from latentbook.runmode import resolve_device
 
 __all__ = ["DigitClassifier", "build", "fit", "accuracy", "train_cached"]
 
 ARCH = "digit_classifier"
+VERSION = 1  # of this module's training loop (fit): bump when a change alters the weights it trains
 
 
 class DigitClassifier(nn.Module):
@@ -48,6 +45,7 @@ class DigitClassifier(nn.Module):
     """
 
     arch = ARCH
+    version = 1  # bump when a change alters the weights it trains to (store keys)
 
     def __init__(self, channels: Sequence[int] = (16, 32), hidden: int = 128, n_classes: int = 10):
         super().__init__()
@@ -88,8 +86,7 @@ def build(spec: dict[str, Any]) -> DigitClassifier:
 
 
 def _check_labelled(x: Any, y: Any) -> tuple[Tensor, Tensor]:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
-        raise ValueError("x must be a non-empty float tensor of images [N, 1, 28, 28] in [0, 1]")
+    checks.images("x", x)
     if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32, torch.uint8) or y.shape != x.shape[:1]:
         raise ValueError(f"y must be integer labels [N] = [{len(x)}], got {getattr(y, 'shape', type(y))}")
     return x, y.long()
@@ -125,9 +122,8 @@ def fit(
       ``1/C`` for every class (outlier exposure, Hendrycks et al. 2019).
     """
     x, y = _check_labelled(x, y)
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    checks.integer("epochs", epochs)
+    checks.integer("batch_size", batch_size)
     for name, v in (("blend", blend), ("noise", noise)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 4:
             raise ValueError(f"{name} (extra images per real image) must be a number in [0, 4], got {v!r}")
@@ -195,10 +191,6 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
     return hits / len(x)
 
 
-def _code_fingerprint() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
 def train_cached(
     spec: dict[str, Any],
     *,
@@ -215,48 +207,32 @@ def train_cached(
     retrain: bool = False,
 ) -> tuple[DigitClassifier, train.History]:
     """The classifier ``build(spec)`` trained by :func:`fit` on the first ``n_train`` labelled training
-    images of ``dataset`` (all when None), with the ``blend`` and ``noise`` options of :func:`fit`, loaded
-    from the model cache when this exact configuration was trained before. Returns ``(model in eval mode on device, History)``; the caller's RNG state is untouched.
+    images of ``dataset`` (all when None), with the ``blend`` and ``noise`` options of :func:`fit`, read
+    from the store when this configuration was trained before (here, or for the published book).
+    Returns ``(model in eval mode on device, History)``; the caller's RNG state is untouched.
     """
     with torch.random.fork_rng(devices=[]):
         canonical = {"arch": ARCH, **build(spec).config()}
-    config = {
-        "format": train._FORMAT,
-        "task": "classification",
+    config = store.canonical({
+        "kind": "classifier",
         "spec": canonical,
-        "dataset": data._canonical_name(dataset),
-        "n_train": n_train,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": float(lr),
-        "seed": seed,
-        "blend": float(blend),
-        "noise": float(noise),
-        "code": _code_fingerprint(),
-    }
-    config = json.loads(json.dumps(config, sort_keys=True))
-    path = train.cache_folder(cache_dir) / f"{train.cache_key(config)}.pt"
+        "recipe": {"epochs": checks.integer("epochs", epochs), "batch_size": checks.integer("batch_size", batch_size),
+                   "lr": float(lr), "blend": float(blend), "noise": float(noise)},
+        "data": {**data.identity(dataset), "split": "train", "n": n_train},
+        "seed": checks.integer("seed", seed, minimum=0),
+        "versions": {"DigitClassifier": DigitClassifier.version, "classifier_trainer": VERSION, "data": data.VERSION},
+    })
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(canonical)
-    if path.exists() and not retrain:
-        loaded = train._load_entry(path, config)
-        if isinstance(loaded, str):
-            warnings.warn(f"latentbook: cached classifier {path} is unusable ({loaded}); retraining",
-                          RuntimeWarning, stacklevel=2)
-        else:
-            state, history = loaded
-            model.load_state_dict(state)
-            return model.to(dev).eval(), history
-    x, y = data.load(config["dataset"], "train", n=n_train, device=dev)
+    entry = None if retrain else store.get(config, folder_=cache_dir)
+    if entry is not None:
+        model.load_state_dict(entry.tensors)
+        return model.to(dev).eval(), train.History.from_dict(entry.info["history"])
+    x, y = data.load(dataset, "train", n=n_train, device=dev)
     history = fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                   blend=blend, noise=noise)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    entry = {"format": train._FORMAT, "config": config, "state_dict": state,
-             "history": history.to_dict(), "checksum": train._state_checksum(state)}
-    try:
-        train._save_entry(path, entry)
-    except OSError as exc:
-        warnings.warn(f"latentbook: could not cache the classifier at {path} ({exc})", RuntimeWarning, stacklevel=2)
+    store.put(config, model.state_dict(), {"history": history.to_dict()},
+              meta={"device": dev.type, "train_seconds": round(sum(history.epoch_time), 2)}, folder_=cache_dir)
     return model, history

@@ -24,7 +24,6 @@ import json
 import numbers
 import os
 import pickle
-import secrets
 import socket
 import struct
 import subprocess
@@ -39,9 +38,12 @@ import numpy as np
 import platformdirs
 import torch
 
+from latentbook import store
 from latentbook.runmode import resolve_device
 
-__all__ = ["CLASSES", "DataUnavailableError", "cache_root", "ensure", "load"]
+__all__ = ["CLASSES", "DataUnavailableError", "VERSION", "cache_root", "ensure", "identity", "load"]
+
+VERSION = 1  # of what load() returns from the files (pixels / 255, order): bump if that changes
 
 CLASSES: dict[str, list[str]] = {
     "mnist": [str(d) for d in range(10)],
@@ -185,6 +187,14 @@ def load(
     return x, y[:count].to(dev, dtype=torch.int64, copy=True)
 
 
+def identity(name: str) -> dict[str, str]:
+    """What a data set is, for store keys: ``{"dataset": name, "checksum": ...}``, the checksum being the
+    SHA-256 of its four files' published MD5s (:func:`load` verifies the files against them)."""
+    key = _canonical_name(name)
+    md5 = _DATASETS[key].md5
+    return {"dataset": key, "checksum": hashlib.sha256("".join(md5[f] for f in sorted(md5)).encode()).hexdigest()}
+
+
 # --- the cache -----------------------------------------------------------------------------------
 
 
@@ -270,32 +280,10 @@ def _check_cache(key: str, raw: Path) -> list[str]:
         new_marker[fname] = entry
     if not problems and rehashed:
         try:
-            _atomic_write_bytes(raw / _MARKER, json.dumps(new_marker, indent=1).encode())
+            store.write_bytes(raw / _MARKER, json.dumps(new_marker, indent=1).encode())
         except OSError:
             pass  # read-only cache: correct, only slower next time
     return problems
-
-
-def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    Readers see the old file or the complete new one, never a partial file; on any error the temp
-    file is removed and the target is left as it was.
-    """
-    # open(..., "xb") rather than mkstemp: the file gets the usual umask permissions, not 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _check_writable(raw: Path) -> str | None:
@@ -334,7 +322,7 @@ def _ensure(key: str, raw: Path, sources: tuple[Source, ...] | list[Source]) -> 
                 if got != ds.md5[fname]:
                     raise _SourceError(f"{fname} has MD5 {got}, expected {ds.md5[fname]}")
             for fname in _FILES:
-                _atomic_write_bytes(raw / fname, files[fname])
+                store.write_bytes(raw / fname, files[fname])
         except Exception as e:  # any failure of one source means: record it, try the next
             reason = str(e) if isinstance(e, _SourceError) else f"{type(e).__name__}: {e}"
             failures.append((source.name, _shorten(reason)))

@@ -14,22 +14,20 @@ model's device (so a GPU never holds more than a batch) and return results on th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import json
 import math
-import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latentbook import losses, train
+from latentbook import checks, losses, montecarlo, noise, store, train
 
 __all__ = [
+    "VERSION",
+    "cached_result",
     "model_device",
     "encode",
     "decode",
@@ -38,6 +36,7 @@ __all__ = [
     "reconstruction_mse",
     "psnr",
     "jacobian_norms",
+    "denoising_errors",
     "test_elbo",
     "log_likelihood",
     "iwae_bounds",
@@ -51,6 +50,8 @@ __all__ = [
     "roc_auc",
     "detection_report",
 ]
+
+VERSION = 1  # of the evaluations stored by cached_result: bump when a change alters their values
 
 # ---------------------------------------------------------------------------------------------
 # Dispatch and batching
@@ -102,26 +103,10 @@ def _eval_mode(model: Any) -> Iterator[None]:
         owner.train(was_training)
 
 
-def _check_x(x: Any, name: str = "x") -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor batch ([N, 1, 28, 28] or [N, D]), got {type(x).__name__}")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty batch ([N, 1, 28, 28] or [N, D]), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point in [0, 1], got dtype {x.dtype}")
-    return x
-
-
-def _check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
-
-
 def _map_batches(model: Any, fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, name: str = "x") -> Tensor:
     """``fn`` applied to ``x`` batch by batch on the model's device; results concatenated on ``x.device``."""
-    x = _check_x(x, name)
-    _check_batch_size(batch_size)
+    x = checks.images(name, x)
+    checks.integer("batch_size", batch_size)
     device = model_device(model)
     outs = []
     with torch.no_grad(), _eval_mode(model):
@@ -246,6 +231,27 @@ def jacobian_norms(model: Any, x: Tensor, batch_size: int = 256) -> Tensor:
     return _map_batches(model, fn, x, batch_size)
 
 
+def denoising_errors(
+    model: Any, x: Tensor, kind: str, levels: Any, *, seed: int = 0, batch_size: int = 1024
+) -> list[float]:
+    """Per-pixel MSE between the clean ``x`` and the model's reconstruction of ``x`` corrupted by
+    ``kind`` at each of ``levels`` -> one float per level.
+
+    model: anything :func:`reconstruct` takes (autoencoder, VAE, PCA), or None for
+    the error of the corrupted input itself (no denoising). At each level the corruption is drawn
+    from a generator seeded with ``seed``, so every model sees the same noisy images and the errors
+    compare pair by pair. PSNR in dB is ``-10 log10(mse)`` for images in [0, 1].
+    """
+    x = checks.images("x", x)
+    errors = []
+    for level in levels:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        noisy = noise.corrupt(x, {"kind": kind, "level": float(level)}, generator=gen)
+        out = noisy if model is None else reconstruct(model, noisy, batch_size)
+        errors.append((out.double() - x.double()).pow(2).mean().item())
+    return errors
+
+
 # ---------------------------------------------------------------------------------------------
 # VAE: ELBO, importance-weighted log-likelihood, active units
 # ---------------------------------------------------------------------------------------------
@@ -264,9 +270,9 @@ def test_elbo(vae: Any, x: Tensor, batch_size: int = 1024, seed: int = 0) -> dic
     ``elbo = -(recon + kl)``, whatever β the model was trained with.
     """
     _check_vae(vae, "loss")
-    _check_batch_size(batch_size)
+    checks.integer("batch_size", batch_size)
     # The trainer's evaluation pass already averages every term of .loss over a data set, batch by batch.
-    terms = train.evaluate_terms(vae, _check_x(x), batch_size=batch_size, seed=seed)
+    terms = train.evaluate_terms(vae, checks.images("x", x), batch_size=batch_size, seed=seed)
     missing = [k for k in ("elbo", "recon", "kl") if k not in terms]
     if missing:
         raise TypeError(f"{type(vae).__name__}.loss() reports {sorted(terms)}, not {missing}: is it a VAE?")
@@ -308,8 +314,6 @@ def iwae_bounds(
     model's weights, ``x`` and every argument: with k = 5,000 on a CPU this takes minutes once, and
     no time in class. Needs a seed (an unseeded result is not reproducible, so not cached).
     """
-    from latentbook import montecarlo
-
     _check_vae(vae, "encode")
     _check_vae(vae, "log_px_given_z")
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
@@ -317,8 +321,8 @@ def iwae_bounds(
     big = max(ks)
     if any(big % k for k in ks):
         raise ValueError(f"every k must divide the largest, {big}; got {sorted(ks)}")
-    _check_x(x)
-    _check_batch_size(batch_size)
+    checks.images("x", x)
+    checks.integer("batch_size", batch_size)
     if cache and seed is None:
         raise ValueError("cache=True needs a seed: an unseeded estimate is not reproducible")
     device = model_device(vae)
@@ -346,49 +350,28 @@ def iwae_bounds(
 # ---------------------------------------------------------------------------------------------
 
 
-def _evaluation_code() -> str:
-    """SHA-256 of the code an evaluation's result depends on (this module, montecarlo, losses, models)."""
-    from latentbook import models, montecarlo
-
-    h = hashlib.sha256()
-    for module in (__file__, montecarlo.__file__, losses.__file__, models.__file__):
-        h.update(Path(module).read_bytes())
-    return h.hexdigest()
-
-
 def cached_result(name: str, model: nn.Module, x: Tensor, params: dict[str, Any],
                   compute: Callable[[], dict[str, Tensor]], *, cache_dir: Any = None) -> dict[str, Tensor]:
     """``compute()`` (a dict of tensors), computed once for this model's weights, ``x`` and ``params``,
-    then loaded from the model cache folder (``<key>.pt`` with a ``.json`` description, so that
-    ``latentbook cache info`` lists it and ``cache clear`` removes it).
+    then read from the store (local, or fetched from the published book).
 
-    The key covers ``name``, ``params``, the weights and ``x`` (their bytes) and the evaluation
-    code. Writes are atomic; an entry that cannot be read or fails its checksum is recomputed,
-    with a warning.
+    The key is the evaluation's ``name`` and ``params``, the checksums of the weights and of ``x``,
+    and the version numbers of this module and :mod:`latentbook.montecarlo`.
     """
-    h = hashlib.sha256(f"{name}\0{json.dumps(params, sort_keys=True)}\0".encode())
-    h.update(train._state_checksum(model.state_dict()).encode())
-    h.update(train._state_checksum({"x": x}).encode())
-    config = {"spec": {"result": name, **params, "n_images": int(x.shape[0])},
-              "inputs": h.hexdigest(), "code": _evaluation_code()}
-    path = train.cache_folder(cache_dir) / f"{train.cache_key(config)}.pt"
-    if path.exists():
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            if entry["config"] == config and train._state_checksum(entry["value"]) == entry["checksum"]:
-                return entry["value"]
-            problem = "its configuration or checksum does not match"
-        except Exception as exc:  # truncated file, garbage bytes...
-            problem = f"unreadable ({type(exc).__name__})"
-        warnings.warn(f"latentbook: cached result {path} is unusable ({problem}); recomputing", RuntimeWarning,
-                      stacklevel=3)
-    value = compute()
-    value = {k: v.detach().cpu() for k, v in value.items()}
-    with train._atomic_path(path) as tmp:
-        torch.save({"config": config, "value": value, "checksum": train._state_checksum(value)}, tmp)
-    with train._atomic_path(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({"key": path.stem, "config": config}, indent=1, sort_keys=True))
-    return value
+    config = {
+        "kind": "result",
+        "about": f"{name} of a {type(model).__name__} on {int(x.shape[0])} images",
+        "result": name,
+        "params": params,
+        "weights": store.checksum(model.state_dict()),
+        "inputs": store.checksum({"x": x}),
+        "n_images": int(x.shape[0]),
+        "versions": {"evaluate": VERSION, "montecarlo": montecarlo.VERSION},
+    }
+    entry = store.get(config, folder_=cache_dir)
+    if entry is None:
+        entry = store.put(config, compute(), folder_=cache_dir)
+    return entry.tensors
 
 
 def active_units(vae: Any, x: Tensor, threshold: float = 0.01, batch_size: int = 1024) -> tuple[int, Tensor]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latentbook import train
+from latentbook import store
 
 MAX_CODES = 2000  # codes drawn under the plane (in the file and in the live scatter): enough to see the shape
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
@@ -86,7 +86,7 @@ def export_decoder(model: nn.Module, codes: Tensor, labels: Tensor | None, path:
         parts += [lin.weight.detach().cpu().float().numpy().ravel(), lin.bias.detach().cpu().float().numpy()]
     parts.append(c.ravel())
     payload = np.concatenate(parts).astype("<f2").tobytes() + y.tobytes()
-    with train._atomic_path(Path(path)) as tmp:  # no half-written file, even if interrupted
+    with store.atomic_path(path) as tmp:  # no half-written file, even if interrupted
         tmp.write_bytes(payload)
     return {
         "layers": [{"in": lin.in_features, "out": lin.out_features, "act": act} for lin, act in layers],

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 LOG_2PI = math.log(2 * math.pi)
+VERSION = 1  # of the losses: bump when a change alters the weights training converges to (store keys)
 
 
 def _sum_per_sample(t: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from latentbook import losses
+from latentbook import checks, losses
 
 __all__ = [
     "IMAGE_SHAPE",
@@ -41,6 +41,7 @@ __all__ = [
     "register_penalty",
     "build",
     "spec_of",
+    "versions_of",
     "Autoencoder",
     "MLPAutoencoder",
     "LinearAutoencoder",
@@ -68,9 +69,15 @@ random projections.
 
 
 def register(arch: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make ``build({"arch": arch, ...})`` construct this class."""
+    """Class decorator: make ``build({"arch": arch, ...})`` construct this class.
+
+    The class must carry an integer ``version`` of its own (bump it when a change alters the weights
+    it trains to): it enters the store key of every trained model of the class (:func:`versions_of`).
+    """
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if not isinstance(vars(cls).get("version"), int):
+            raise TypeError(f"{cls.__name__} needs a class attribute `version = 1` (an int) to be registered")
         if arch in ARCHS and ARCHS[arch] is not cls:
             raise ValueError(f"architecture {arch!r} is already registered to {ARCHS[arch].__name__}")
         cls.arch = arch
@@ -159,16 +166,10 @@ def conv_decoder(latent_dim: int, channels: Sequence[int]) -> nn.Sequential:
     )
 
 
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return v
-
-
 def _int_tuple(name: str, v: Any, length: int | None = None) -> tuple[int, ...]:
     if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
         raise ValueError(f"{name} must be a list of positive integers, got {v!r}")
-    out = tuple(_positive_int(f"each entry of {name}", h) for h in v)
+    out = tuple(checks.integer(f"each entry of {name}", h) for h in v)
     if length is not None and len(out) != length:
         raise ValueError(f"{name} must have {length} entries, got {list(out)}")
     return out
@@ -199,6 +200,7 @@ class Autoencoder(nn.Module):
     """
 
     arch: ClassVar[str]
+    version: ClassVar[int] = 1  # of the shared loss and penalties (see register)
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, output: str):
         super().__init__()
@@ -304,9 +306,11 @@ class MLPAutoencoder(Autoencoder):
     one-sigmoid-layer encoder of the contractive autoencoder, whose Jacobian has a closed form).
     """
 
+    version = 1  # bump when a change alters the weights it trains to (see register)
+
     def __init__(self, latent_dim: int = 2, hidden: Sequence[int] = (512, 256, 128), output: str = "sigmoid",
                  code_activation: str = "linear"):
-        latent_dim = _positive_int("latent_dim", latent_dim)
+        latent_dim = checks.integer("latent_dim", latent_dim)
         self.hidden = _int_tuple("hidden", hidden)
         self.code_activation = _choice("code_activation", code_activation, ("linear", "sigmoid"))
         encoder = mlp_encoder(latent_dim, self.hidden)
@@ -329,6 +333,8 @@ class LinearAutoencoder(MLPAutoencoder):
     ``decoder[0].weight`` (``[784, d]``) span the same space as PCA's first d components.
     """
 
+    version = 1  # bump when a change alters the weights it trains to (see register)
+
     def __init__(self, latent_dim: int = 2):
         super().__init__(latent_dim, hidden=(), output="linear")
 
@@ -346,8 +352,10 @@ class ConvAutoencoder(Autoencoder):
     """Convolutional autoencoder: Conv 1->32->64 (stride 2, 28->14->7), dense 7·7·64 -> d, mirrored
     with transposed convolutions; sigmoid output by default."""
 
+    version = 1  # bump when a change alters the weights it trains to (see register)
+
     def __init__(self, latent_dim: int = 2, channels: Sequence[int] = (32, 64), output: str = "sigmoid"):
-        latent_dim = _positive_int("latent_dim", latent_dim)
+        latent_dim = checks.integer("latent_dim", latent_dim)
         self.channels = _int_tuple("channels", channels, length=2)
         super().__init__(conv_encoder(latent_dim, self.channels), conv_decoder(latent_dim, self.channels), latent_dim, output)
 
@@ -417,7 +425,7 @@ def jacobian_sq_estimate(
     ``n_proj * B`` copies of the images (memory grows with ``n_proj``). With gradients enabled it is
     built with ``create_graph``, so it can be trained on (a contractive penalty for deep encoders).
     """
-    n_proj = _positive_int("n_proj", n_proj)
+    n_proj = checks.integer("n_proj", n_proj)
     grad_on = torch.is_grad_enabled()
     b = x.shape[0]
     with torch.enable_grad():
@@ -468,6 +476,7 @@ class VAE(nn.Module):
     """
 
     arch: ClassVar[str]
+    version: ClassVar[int] = 1  # see register
 
     def __init__(
         self,
@@ -480,7 +489,7 @@ class VAE(nn.Module):
         learn_obs_var: bool = True,
     ):
         super().__init__()
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.latent_dim = checks.integer("latent_dim", latent_dim)
         self.encoder_type = _choice("encoder", encoder, ("mlp", "conv"))
         self.likelihood = _choice("likelihood", likelihood, ("bernoulli", "gaussian"))
         if self.encoder_type == "mlp":
@@ -617,7 +626,7 @@ class VAE(nn.Module):
 
         generator: a seeded ``torch.Generator`` (any device) for reproducible samples.
         """
-        n = _positive_int("n", n)
+        n = checks.integer("n", n)
         device = generator.device if generator is not None else _device_of(self)
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return self.decode(z.to(_device_of(self)))
@@ -657,6 +666,14 @@ def build(spec: dict[str, Any]) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for arch {arch!r}; it accepts {accepted}")
     return cls(**kwargs)
+
+
+def versions_of(cls: type) -> dict[str, int]:
+    """The ``version`` of ``cls`` and of each base class that sets one: ``{"MLPAutoencoder": 1, ...}``.
+
+    A subclass inherits its bases' code, so bumping a base's version changes the keys of its subclasses too.
+    """
+    return {c.__name__: vars(c)["version"] for c in cls.__mro__ if isinstance(vars(c).get("version"), int)}
 
 
 def spec_of(model: nn.Module) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latentbook import losses
+from latentbook import checks, losses
 from latentbook.losses import DecoderLogProb, Encoder, log_normal_diag
 
 __all__ = [
@@ -44,11 +44,7 @@ __all__ = [
     "score_function_grad",
 ]
 
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return v
+VERSION = 1  # of the estimators: bump when a change alters a stored evaluation (evaluate.cached_result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,8 +69,8 @@ def log_weights(
     generator state ``log_mean_exp(log_weights(...))`` equals ``iwae_bound(...)``. No gradients.
     With :func:`prior_encoder` as ``encode`` the proposal is the prior and each weight is p(x|z_i).
     """
-    _positive_int("k", k)
-    _positive_int("chunk_size", chunk_size)
+    checks.integer("k", k)
+    checks.integer("chunk_size", chunk_size)
     with torch.no_grad():
         return torch.cat(list(losses.log_weight_chunks(encode, decode_log_prob, x, k, chunk_size, generator)))
 
@@ -84,7 +80,7 @@ def prior_encoder(latent_dim: int) -> Encoder:
 
     As the proposal of :func:`log_weights` it gives naive Monte Carlo, whose weights are p(x|z_i).
     """
-    _positive_int("latent_dim", latent_dim)
+    checks.integer("latent_dim", latent_dim)
 
     def encode(x: Tensor) -> tuple[Tensor, Tensor]:
         zeros = torch.zeros(x.shape[0], latent_dim, dtype=x.dtype, device=x.device)
@@ -102,7 +98,7 @@ def pairwise_log_likelihood(vae, x: Tensor, z: Tensor, *, chunk_size: int = 1024
     the pixel sums become one matrix product (Bernoulli: Σ x·l - softplus(l); Gaussian: expand the square).
     No gradients; the result is on x's device.
     """
-    _positive_int("chunk_size", chunk_size)
+    checks.integer("chunk_size", chunk_size)
     if z.ndim != 2:
         raise ValueError(f"z must be [S, d] (one set of samples shared by every image), got {tuple(z.shape)}")
     likelihood = getattr(vae, "likelihood", None)
@@ -139,7 +135,7 @@ def grouped_log_mean_exp(log_w: Tensor, k: int) -> Tensor:
     k-sample bound L_k (Burda et al. 2015), so one set of K samples yields L_k for every k dividing K.
     Trailing samples that do not fill a group are left out.
     """
-    _positive_int("k", k)
+    checks.integer("k", k)
     if log_w.ndim == 0 or log_w.shape[0] < k:
         raise ValueError(f"need at least k = {k} samples along dim 0, got shape {tuple(log_w.shape)}")
     n = log_w.shape[0] // k
@@ -209,8 +205,8 @@ def _estimate(
 ) -> tuple[Tensor, Tensor]:
     """Run ``one_chunk(mu_r, logvar_r, eps) -> surrogate [r]`` over chunks of repeats; collect the gradients."""
     _check_gaussian(mu, logvar)
-    _positive_int("n_samples", n_samples)
-    _positive_int("repeats", repeats)
+    checks.integer("n_samples", n_samples)
+    checks.integer("repeats", repeats)
     d = mu.shape[0]
     per_chunk = max(1, max_elements // (n_samples * d))
     grads_mu, grads_lv = [], []

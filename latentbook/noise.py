@@ -29,20 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["KINDS", "gaussian", "salt_and_pepper", "masking", "check_spec", "corrupt", "transform", "denoising_errors"]
+from latentbook import checks
+
+__all__ = ["KINDS", "VERSION", "gaussian", "salt_and_pepper", "masking", "check_spec", "corrupt", "transform"]
+
+VERSION = 1  # of the corruptions: bump when a change alters what a spec draws (store keys of denoising models)
 
 KINDS = ("gaussian", "salt_and_pepper", "masking")
 """The corruption names a spec's ``"kind"`` may take."""
-
-
-def _check_images(x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"expected a tensor of images [N, ...], got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"expected a batch of images [N, ...], got shape {tuple(x.shape)}")
-    return x
 
 
 def _check_level(name: str, level: Any, upper: float | None = 1.0) -> float:
@@ -66,7 +60,7 @@ def _chosen_pixels(x: Tensor, fraction: float, generator: torch.Generator | None
 
 def gaussian(x: Tensor, sigma: float, *, generator: torch.Generator | None = None, clip: bool = True) -> Tensor:
     """``x + sigma * eps``, ``eps ~ N(0, I)``, clipped to [0, 1] unless ``clip=False``: shaped like ``x``."""
-    x = _check_images(x)
+    x = checks.images("x", x)
     sigma = _check_level("sigma", sigma, upper=None)
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     noisy = x + sigma * eps
@@ -75,7 +69,7 @@ def gaussian(x: Tensor, sigma: float, *, generator: torch.Generator | None = Non
 
 def salt_and_pepper(x: Tensor, p: float, *, generator: torch.Generator | None = None) -> Tensor:
     """A fraction ``p`` of each image's pixels (chosen at random) set to 0 or 1 with a fair coin."""
-    x = _check_images(x)
+    x = checks.images("x", x)
     p = _check_level("p", p)
     idx = _chosen_pixels(x, p, generator)
     salt = (torch.rand(idx.shape, generator=generator, device=x.device) < 0.5).to(x.dtype)
@@ -84,7 +78,7 @@ def salt_and_pepper(x: Tensor, p: float, *, generator: torch.Generator | None = 
 
 def masking(x: Tensor, p: float, *, generator: torch.Generator | None = None) -> Tensor:
     """A fraction ``p`` of each image's pixels (chosen at random) set to 0."""
-    x = _check_images(x)
+    x = checks.images("x", x)
     p = _check_level("p", p)
     idx = _chosen_pixels(x, p, generator)
     return x.reshape(x.shape[0], -1).scatter(1, idx, 0.0).reshape(x.shape)
@@ -124,25 +118,3 @@ def transform(spec: dict[str, Any]) -> Callable[[Tensor, torch.Generator], Tenso
     fn.spec = spec  # type: ignore[attr-defined]
     return fn
 
-
-def denoising_errors(
-    model: Any, x: Tensor, kind: str, levels: Any, *, seed: int = 0, batch_size: int = 1024
-) -> list[float]:
-    """Per-pixel MSE between the clean ``x`` and the model's reconstruction of ``x`` corrupted by
-    ``kind`` at each of ``levels`` -> one float per level.
-
-    model: anything ``latentbook.evaluate.reconstruct`` takes (autoencoder, VAE, PCA), or None for
-    the error of the corrupted input itself (no denoising). At each level the corruption is drawn
-    from a generator seeded with ``seed``, so every model sees the same noisy images and the errors
-    compare pair by pair. PSNR in dB is ``-10 log10(mse)`` for images in [0, 1].
-    """
-    from latentbook import evaluate  # here, not at the top: evaluate imports train, which imports noise
-
-    x = _check_images(x)
-    errors = []
-    for level in levels:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        noisy = corrupt(x, {"kind": kind, "level": float(level)}, generator=gen)
-        out = noisy if model is None else evaluate.reconstruct(model, noisy, batch_size)
-        errors.append((out.double() - x.double()).pow(2).mean().item())
-    return errors

@@ -1,4 +1,4 @@
-"""One training loop for every model, and a cache of trained models keyed by their full configuration.
+"""One training loop for every model, and trained models kept in the store by what they are.
 
     history = fit(model, x_train, epochs=10)                       # data held as tensors on the device
     model, history = train_cached({"arch": "vae", "latent_dim": 2}, epochs=10)   # trained once, then loaded
@@ -8,45 +8,31 @@ seeded permutation: no DataLoader, no per-sample Python work (``benchmarks/bench
 measures the gain over the usual ``DataLoader`` loop).
 A DataLoader (or any iterable of batches) is accepted too, for data that does not fit.
 
-:func:`train_cached` stores ``{state_dict, history, config}`` under ``<cache_dir>/<key>.pt``, where
-the key hashes everything that determines the weights: the model spec, the data set and its size,
-epochs, batch size, learning rate, seed, loss options, binarisation, KL warm-up and the source code
-of ``models.py``, ``losses.py``, ``train.py`` and ``noise.py`` (edit them and the model is retrained),
-and, when given, a denoising corruption spec and the classes left out of the training set. The device
-is deliberately *not* in the key: a cache warmed on a GPU serves a CPU run of the same chapter.
-(A GPU-trained model is not bit-identical to a CPU-trained one, since rounding differs and training
-amplifies it, but it is an equally good model of the same configuration; what ran where is
-whatever filled the cache first.)
-
-The cache folder is ``cache_dir``, else ``$LATENTBOOK_MODELS``, else the user cache folder
-(``platformdirs.user_cache_dir("latentbook")/models``). Each entry has a small ``<key>.json``
-description beside it, which :func:`cache_info` lists (``python -m latentbook cache info``).
+:func:`train_cached` keeps the trained weights and history in :mod:`latentbook.store` under the key
+of :func:`model_config`: the spec, the recipe, the data, the seed and explicit version numbers
+(``VERSION`` here, in ``losses``, ``data`` and ``noise``, and each model class's ``version``). Bump
+the one whose change alters trained weights; ``tests/test_store.py`` trains every model class for two
+steps and fails when the weights change under an unchanged version. The device is deliberately *not*
+in the key: a store filled on a GPU serves a CPU run of the same chapter. (A GPU-trained model is not
+bit-identical to a CPU-trained one, since rounding differs and training amplifies it, but it is an
+equally good model of the same configuration.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import inspect
-import json
 import math
 import os
-import re
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import platformdirs
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from latentbook import data, losses, models, noise
+from latentbook import checks, data, losses, models, noise, store
 from latentbook.runmode import resolve_device
 
 __all__ = [
@@ -55,19 +41,16 @@ __all__ = [
     "fit",
     "evaluate_terms",
     "make_optimizer",
+    "model_config",
     "train_cached",
-    "cache_folder",
-    "cache_key",
-    "cache_info",
-    "clear_cache",
-    "CacheInfo",
+    "VERSION",
 ]
+
+VERSION = 1  # of the training loop: bump when a change alters the weights it trains (see the module doc)
 
 # How many steps run between two finiteness checks. Each check synchronises with the device (one
 # .item()), so checking every step would stall a GPU; a bad step is still reported exactly.
 _CHECK_EVERY = 25
-_FORMAT = 1  # bump when the layout of a cache entry changes
-_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 
 Transform = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -129,22 +112,6 @@ def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and os.environ.get("LATENTBOOK_PROGRESS", "1").strip() not in ("0", "false", "no", "")
 
 
-def _check_positive_int(name: str, v: Any, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
-def _check_images(name: str, x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a tensor of images [N, 1, 28, 28] (or a DataLoader for x_train), got {type(x).__name__}")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty batch of images [N, 1, 28, 28], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must hold floats in [0, 1], got dtype {x.dtype} (divide uint8 pixels by 255)")
-    return x
-
-
 def _tensor_batches(x: Tensor, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
     """One epoch of shuffled batches of ``x: [N, ...]`` (already on the generator's device)."""
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
@@ -156,7 +123,7 @@ def _iterable_batches(batches: Iterable[Any], device: torch.device) -> Iterator[
     """One pass over a DataLoader-like iterable; items are ``x`` or ``(x, y, ...)``."""
     for item in batches:
         xb = item[0] if isinstance(item, (tuple, list)) else item
-        yield _check_images("each batch of x_train", xb).to(device, non_blocking=True)
+        yield checks.images("each batch of x_train", xb).to(device, non_blocking=True)
 
 
 def _loss_call(model: nn.Module, loss_kwargs: dict[str, Any]) -> tuple[bool, bool]:
@@ -206,8 +173,8 @@ def evaluate_terms(
     Batches move to the model's device one at a time. Randomness (a VAE's z, a corruption
     ``transform``) comes from a generator seeded with ``seed``, so repeated calls agree.
     """
-    x = _check_images("x", x)
-    _check_positive_int("batch_size", batch_size)
+    x = checks.images("x", x)
+    checks.integer("batch_size", batch_size)
     loss_kwargs = dict(loss_kwargs or {})
     takes_gen, _ = _loss_call(model, loss_kwargs)
     device = next(model.parameters()).device
@@ -268,9 +235,9 @@ def fit(
     from whoever built it; :func:`train_cached` seeds that too.) Raises :class:`TrainingDivergedError`
     if the loss turns NaN or infinite. Returns with the model in eval mode on ``device``.
     """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
+    checks.integer("epochs", epochs)
+    checks.integer("batch_size", batch_size)
+    checks.integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -290,7 +257,7 @@ def fit(
     model.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     if isinstance(x_train, Tensor):
-        x_train = _check_images("x_train", x_train).to(dev)
+        x_train = checks.images("x_train", x_train).to(dev)
         n_train = x_train.shape[0]
         steps_per_epoch: int | None = math.ceil(n_train / batch_size)
 
@@ -304,7 +271,7 @@ def fit(
     else:
         raise TypeError(f"x_train must be a tensor of images or an iterable of batches, got {type(x_train).__name__}")
     if x_val is not None:
-        x_val = _check_images("x_val", x_val)
+        x_val = checks.images("x_val", x_val)
         if binarize == "dynamic":
             # One fixed binarisation, so that validation numbers compare across epochs.
             val_gen = torch.Generator(device=x_val.device).manual_seed(seed + 1)
@@ -398,63 +365,8 @@ def fit(
 
 
 # ---------------------------------------------------------------------------------------------
-# The model cache
+# Trained once, then kept: models in the store
 # ---------------------------------------------------------------------------------------------
-
-
-def cache_folder(path: str | os.PathLike | None = None) -> Path:
-    """The model cache folder: ``path``, else ``$LATENTBOOK_MODELS``, else the user cache folder."""
-    if path is not None:
-        return Path(path).expanduser()
-    env = os.environ.get("LATENTBOOK_MODELS", "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_cache_dir("latentbook")) / "models"
-
-
-def _code_fingerprint() -> str:
-    """SHA-256 of the code that determines trained weights: models.py, losses.py, train.py and noise.py."""
-    h = hashlib.sha256()
-    for source in (models.__file__, losses.__file__, __file__, noise.__file__):
-        h.update(Path(source).read_bytes())
-    return h.hexdigest()
-
-
-def _cache_config(
-    spec: dict[str, Any], *, dataset: str, n_train: int | None, epochs: int, batch_size: int, lr: float,
-    seed: int, loss_kwargs: dict[str, Any] | None, binarize: str | None, kl_warmup_epochs: int,
-    corruption: dict[str, Any] | None = None, exclude_classes: list[int] | None = None,
-) -> dict[str, Any]:
-    """Everything that determines the trained weights, as JSON-able values (the device excluded).
-
-    ``corruption`` and ``exclude_classes`` enter the configuration only when given, so the keys of
-    models trained without them are those they always had.
-    """
-    with torch.random.fork_rng(devices=[]):
-        canonical = models.spec_of(models.build(spec))  # {"arch": "vae"} and its spelled-out defaults agree
-    config = {
-        "format": _FORMAT,
-        "spec": canonical,
-        "dataset": data._canonical_name(dataset),
-        "n_train": n_train,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": float(lr),
-        "seed": seed,
-        "loss_kwargs": dict(loss_kwargs or {}),
-        "binarize": binarize,
-        "kl_warmup_epochs": kl_warmup_epochs,
-        "code": _code_fingerprint(),
-    }
-    if corruption is not None:
-        config["corruption"] = noise.check_spec(corruption)
-    if exclude_classes is not None:
-        config["exclude_classes"] = _check_classes(exclude_classes)
-    try:
-        # A JSON round trip normalises tuples to lists, so equal configs compare equal after loading.
-        return json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"the training configuration must be JSON-able (numbers, strings, lists, dicts): {exc}") from None
 
 
 def _check_classes(classes: Any) -> list[int]:
@@ -468,70 +380,38 @@ def _check_classes(classes: Any) -> list[int]:
     return sorted(set(classes))
 
 
-def cache_key(config: dict[str, Any]) -> str:
-    """16 hex digits of the SHA-256 of the canonical JSON of ``config``."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _state_checksum(state: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous().reshape(-1)
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success move it into place, on error delete it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _save_entry(path: Path, entry: dict[str, Any]) -> None:
-    """Write the entry, then its ``.json`` description, each atomically."""
-    with _atomic_path(path) as tmp:
-        torch.save(entry, tmp)
-    info = {
-        "key": path.stem,
-        "config": entry["config"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "train_seconds": round(sum(entry["history"]["epoch_time"]), 2),
-        "final_loss": entry["history"]["train"]["loss"][-1],
-        "bytes": path.stat().st_size,
+def model_config(
+    spec: dict[str, Any], *, dataset: str, n_train: int | None, epochs: int, batch_size: int, lr: float,
+    seed: int, loss_kwargs: dict[str, Any] | None = None, binarize: str | None = None, kl_warmup_epochs: int = 0,
+    corruption: dict[str, Any] | None = None, exclude_classes: list[int] | None = None,
+) -> dict[str, Any]:
+    """What a trained model *is*, as the store's key sees it: the canonical spec, the training recipe,
+    the data (name, published checksum, subset), the seed, and the version numbers of the code that
+    shapes the weights (the model class and its bases, this trainer, the losses, the data loader, the
+    corruptions when used). Neither the device nor the torch version is in it; source bytes never are.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = models.build(spec)
+    recipe: dict[str, Any] = {
+        "epochs": checks.integer("epochs", epochs), "batch_size": checks.integer("batch_size", batch_size),
+        "lr": float(lr), "loss_kwargs": dict(loss_kwargs or {}), "binarize": binarize,
+        "kl_warmup_epochs": checks.integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0),
     }
-    with _atomic_path(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-
-
-def _load_entry(path: Path, config: dict[str, Any]) -> tuple[dict[str, Tensor], History] | str:
-    """The cached ``(state_dict, history)``, or a one-line reason why the entry cannot be used."""
-    try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, garbage bytes, unpickling refused...
-        return f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
-    if not isinstance(entry, dict) or not {"config", "state_dict", "history", "checksum"} <= set(entry):
-        return "not a latentbook cache entry"
-    if entry["config"] != config:
-        return "its stored configuration does not match its key"
-    if _state_checksum(entry["state_dict"]) != entry["checksum"]:
-        return "weights checksum mismatch"
-    try:
-        history = History.from_dict(entry["history"])
-    except (KeyError, TypeError, AttributeError) as exc:
-        return f"malformed history ({exc})"
-    return entry["state_dict"], history
+    versions = {**models.versions_of(type(model)), "trainer": VERSION, "losses": losses.VERSION, "data": data.VERSION}
+    if corruption is not None:
+        recipe["corruption"] = noise.check_spec(corruption)
+        versions["noise"] = noise.VERSION
+    subset: dict[str, Any] = {"split": "train", "n": n_train}
+    if exclude_classes is not None:
+        subset["exclude_classes"] = _check_classes(exclude_classes)
+    return store.canonical({
+        "kind": "model",
+        "spec": models.spec_of(model),  # {"arch": "vae"} and its spelled-out defaults agree
+        "recipe": recipe,
+        "data": {**data.identity(dataset), **subset},
+        "seed": checks.integer("seed", seed, minimum=0),
+        "versions": versions,
+    })
 
 
 def train_cached(
@@ -554,113 +434,38 @@ def train_cached(
     exclude_classes: list[int] | None = None,
 ) -> tuple[nn.Module, History]:
     """The model ``models.build(spec)`` trained by :func:`fit` on the first ``n_train`` training
-    images of ``dataset`` (all when None), loaded from the cache when this exact configuration was
-    trained before. Returns ``(model in eval mode on device, History)``.
+    images of ``dataset`` (all when None): from the store when this configuration (:func:`model_config`)
+    was trained before, here or for the published book (fetched, hash checked), else trained now and
+    stored. Returns ``(model in eval mode on device, History)``.
 
     The initial weights are drawn with torch's RNG seeded by ``seed`` inside a forked RNG, so the
-    caller's random state is the same whether the model was trained or loaded. A cache entry that
-    cannot be read or fails its checks is reported in one warning line and retrained; ``retrain``
-    ignores the cache. Cache location: see :func:`cache_folder`.
+    caller's random state is the same whether the model was trained or loaded. ``retrain`` ignores the
+    store. ``cache_dir``: the store folder (see :func:`latentbook.store.folder`).
 
     corruption: a named corruption spec such as ``{"kind": "gaussian", "level": 0.5}`` (see
     :mod:`latentbook.noise`): a denoising autoencoder, trained by :func:`fit` with
     ``transform=noise.transform(corruption)``. exclude_classes: class indices left out of the
     first ``n_train`` training images (e.g. ``[8]`` for an anomaly detector that never saw an 8).
-    Both are part of the cache key.
     """
-    config = _cache_config(spec, dataset=dataset, n_train=n_train, epochs=epochs, batch_size=batch_size, lr=lr,
-                           seed=seed, loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs,
-                           corruption=corruption, exclude_classes=exclude_classes)
-    folder = cache_folder(cache_dir)
-    path = folder / f"{cache_key(config)}.pt"
+    config = model_config(spec, dataset=dataset, n_train=n_train, epochs=epochs, batch_size=batch_size, lr=lr,
+                          seed=seed, loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs,
+                          corruption=corruption, exclude_classes=exclude_classes)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(config["spec"])
+    entry = None if retrain else store.get(config, folder_=cache_dir)
+    if entry is not None:
+        model.load_state_dict(entry.tensors)
+        return model.to(dev).eval(), History.from_dict(entry.info["history"])
 
-    if path.exists() and not retrain:
-        loaded = _load_entry(path, config)
-        if isinstance(loaded, str):
-            warnings.warn(f"latentbook: cached model {path} is unusable ({loaded}); retraining", RuntimeWarning, stacklevel=2)
-        else:
-            state, history = loaded
-            model.load_state_dict(state)
-            return model.to(dev).eval(), history
-
-    x, y = data.load(config["dataset"], "train", n=n_train, device=dev)
-    if "exclude_classes" in config:
-        x = x[~torch.isin(y, torch.tensor(config["exclude_classes"], device=y.device))]
-    transform = noise.transform(config["corruption"]) if "corruption" in config else None
+    x, y = data.load(dataset, "train", n=n_train, device=dev)
+    if "exclude_classes" in config["data"]:
+        x = x[~torch.isin(y, torch.tensor(config["data"]["exclude_classes"], device=y.device))]
+    transform = noise.transform(corruption) if corruption is not None else None
     history = fit(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                   loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
                   transform=transform)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    entry = {"format": _FORMAT, "config": config, "state_dict": state,
-             "history": history.to_dict(), "checksum": _state_checksum(state)}
-    try:
-        _save_entry(path, entry)
-    except OSError as exc:  # a read-only or full disk costs the cache, not the trained model
-        warnings.warn(f"latentbook: could not cache the model at {path} ({exc})", RuntimeWarning, stacklevel=2)
+    store.put(config, model.state_dict(), {"history": history.to_dict()},
+              meta={"device": dev.type, "train_seconds": round(sum(history.epoch_time), 2)}, folder_=cache_dir)
     return model, history
-
-
-# ---------------------------------------------------------------------------------------------
-# Listing and clearing the cache (python -m latentbook cache info|clear)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CacheInfo:
-    """The entries of a cache folder: one dict per model (``key``, ``config``, ``bytes``, ...)."""
-
-    folder: Path
-    entries: list[dict[str, Any]]
-    removed: bool = False  # True when this lists what clear_cache deleted
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(e.get("bytes", 0) for e in self.entries)
-
-    def __str__(self) -> str:
-        size = f"{self.total_bytes / 1e6:.1f} MB"
-        n = len(self.entries)
-        head = (f"removed {n} cached model(s), {size}, from {self.folder}" if self.removed
-                else f"{n} cached model(s), {size}, in {self.folder}")
-        lines = [head]
-        for e in self.entries:
-            c = e.get("config") or {}
-            spec = c.get("spec", {})
-            what = ", ".join(f"{k}={v}" for k, v in spec.items()) or "(no description)"
-            data_part = f"{c.get('dataset', '?')} n={c.get('n_train') or 'all'} epochs={c.get('epochs', '?')}" if c else ""
-            lines.append(f"  {e['key']}  {e.get('bytes', 0) / 1e6:6.1f} MB  {what}  {data_part}".rstrip())
-        return "\n".join(lines)
-
-
-def cache_info(cache_dir: str | os.PathLike | None = None) -> CacheInfo:
-    """What the model cache holds (read from the ``.json`` descriptions; the weights are not loaded)."""
-    folder = cache_folder(cache_dir)
-    entries = []
-    for pt in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
-        if not _KEY_RE.match(pt.stem):
-            continue
-        try:
-            info = json.loads(pt.with_suffix(".json").read_text())
-        except (OSError, ValueError):
-            info = {}
-        info.update(key=pt.stem, bytes=pt.stat().st_size)
-        entries.append(info)
-    return CacheInfo(folder, entries)
-
-
-def clear_cache(cache_dir: str | os.PathLike | None = None) -> CacheInfo:
-    """Delete every cached model (and leftover temporary files); other files in the folder are kept."""
-    info = cache_info(cache_dir)
-    folder = info.folder
-    if folder.is_dir():
-        for p in folder.iterdir():
-            ours = _KEY_RE.match(p.stem) and p.suffix in (".pt", ".json")
-            leftover = p.name.startswith(".") and p.name.endswith(".tmp") and _KEY_RE.match(p.name[1:17])
-            if p.is_file() and (ours or leftover):
-                p.unlink(missing_ok=True)
-    info.removed = True
-    return info

@@ -3,8 +3,8 @@
 One place fixes each model's configuration and its full-mode training budget, so that
 
 - chapters that mean the same model ask for it by the same name and share one cache entry;
-- the whole book stays inside its time budget (DESIGN.md: 25 minutes cold on a 2-core CPU);
-- instructors can train everything before class: ``python -m latentbook cache warm``.
+- the whole book's training cost is visible in one place;
+- instructors can fetch (or train) everything before class: ``python -m latentbook warm``.
 
     model, history = zoo.get("vae-2", run)     # run = latentbook.chapter.start(...)
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from latentbook import train
+from latentbook import store, train
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,16 @@ def get(name: str, run, *, progress: bool = True, retrain: bool = False) -> tupl
 
 
 def warm(run, names: list[str] | None = None, log=print) -> None:
-    """Train (or find in the cache) every model of the book for this run's settings."""
+    """Make every model of the book ready for this run's settings: first fetch every entry the
+    published book lists (models and stored evaluations; see :mod:`latentbook.store`), then take each
+    model from the store, training only those that are neither stored nor published."""
+    url = store.models_url()
+    listed = store.manifest(url) if url else "no published address is configured"
+    if isinstance(listed, str):
+        log(f"published weights: none fetched ({listed})")
+    else:
+        fetched = store.fetch_all(url, log=log)
+        log(f"published weights: {fetched} of {len(listed['entries'])} entries ready from {url}")
     for name in names or list(RECIPES):
         log(f"{name}: {recipe(name).about}")
         get(name, run)

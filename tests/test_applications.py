@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
-from latentbook import data, evaluate, models as M, noise, train as T, zoo
+from latentbook import data, evaluate, models as M, noise, store, train as T, zoo
 
 BASE = dict(dataset="mnist", n_train=256, epochs=1, batch_size=64, lr=1e-3, seed=0,
             loss_kwargs=None, binarize=None, kl_warmup_epochs=0)
@@ -16,11 +16,11 @@ TINY = {"arch": "mlp_ae", "latent_dim": 2, "hidden": [8]}
 
 
 def test_exclude_classes_enter_the_cache_key():
-    key = lambda **kw: T.cache_key(T._cache_config(TINY, **{**BASE, **kw}))  # noqa: E731
+    key = lambda **kw: store.key_of(T.model_config(TINY, **{**BASE, **kw}))  # noqa: E731
     keys = {key(), key(exclude_classes=[8]), key(exclude_classes=[2]), key(exclude_classes=[2, 8])}
     assert len(keys) == 4
     assert key(exclude_classes=[8, 2, 8]) == key(exclude_classes=[2, 8])  # a set of classes
-    assert T._cache_config(TINY, **BASE, exclude_classes=(8,))["exclude_classes"] == [8]
+    assert T.model_config(TINY, **BASE, exclude_classes=(8,))["data"]["exclude_classes"] == [8]
     for bad in ([], [10], [-1], ["8"], [True], list(range(10)), 8):
         with pytest.raises(ValueError, match="exclude_classes"):
             key(exclude_classes=bad)
@@ -76,9 +76,9 @@ def test_psnr_from_the_denoising_curve_equals_evaluate_psnr():
     torch.manual_seed(0)
     x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     ae = M.MLPAutoencoder(latent_dim=4, hidden=(16,))
-    (mse,) = noise.denoising_errors(ae, x, "gaussian", [0.3], seed=5)
+    (mse,) = evaluate.denoising_errors(ae, x, "gaussian", [0.3], seed=5)
     noisy = noise.gaussian(x, 0.3, generator=torch.Generator().manual_seed(5))
     psnr = evaluate.psnr(evaluate.reconstruct(ae, noisy), x)
     assert -10 * math.log10(mse) == pytest.approx(psnr, abs=1e-4)
-    (mse_in,) = noise.denoising_errors(None, x, "gaussian", [0.3], seed=5)
+    (mse_in,) = evaluate.denoising_errors(None, x, "gaussian", [0.3], seed=5)
     assert -10 * math.log10(mse_in) == pytest.approx(evaluate.psnr(noisy, x), abs=1e-4)

@@ -328,7 +328,7 @@ def test_first_working_source_wins_and_prints_one_line(tmp_path, monkeypatch, mn
     assert len(out) == 2 and "dead mirror" in out[0] and "good copy" in out[1] and "MNIST" in out[1]
     assert {f: md5_of(raw / f) for f in PUBLISHED_MD5["mnist"]} == PUBLISHED_MD5["mnist"]
     assert (raw / ".latentbook-verified.json").is_file()
-    assert not [p for p in os.listdir(raw) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(raw) if ".tmp" in p]
 
 
 def test_truncated_cache_file_is_refetched(tmp_path, monkeypatch, mnist_files):
@@ -382,7 +382,7 @@ def test_read_only_complete_cache_still_loads(tmp_path, monkeypatch, mnist_files
     def refuse(path, blob):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(data, "_atomic_write_bytes", refuse)
+    monkeypatch.setattr(data.store, "write_bytes", refuse)
     monkeypatch.setitem(data.SOURCES, "mnist", ())
     x, y = data.load("mnist", "test", root=tmp_path)
     assert torch.bincount(y).tolist() == MNIST_TEST_COUNTS
@@ -422,10 +422,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        data._atomic_write_bytes(target, b"new content")
+        data.store.write_bytes(target, b"new content")
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == [target.name]
     monkeypatch.undo()
-    data._atomic_write_bytes(tmp_path / "fresh", b"x")
+    data.store.write_bytes(tmp_path / "fresh", b"x")
     assert (tmp_path / "fresh").read_bytes() == b"x" and sorted(os.listdir(tmp_path)) == ["fresh", target.name]
 
 

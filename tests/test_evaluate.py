@@ -98,7 +98,7 @@ def test_bad_inputs_say_what_is_wrong(pca5, images):
         evaluate.reconstruct(pca5, images, batch_size=0)
     with pytest.raises(ValueError, match="non-empty"):
         evaluate.encode(pca5, images[:0])
-    with pytest.raises(ValueError, match="floating"):
+    with pytest.raises(ValueError, match="float images"):
         evaluate.encode(pca5, (images * 255).to(torch.uint8))
 
 
@@ -173,7 +173,7 @@ def test_iwae_is_at_least_the_elbo_and_k1_matches_it():
 def test_iwae_bounds_cached_once_then_loaded(tmp_path, monkeypatch):
     """cache=True: the same numbers as computing, stored once; then loaded without computing; a damaged
     entry is recomputed with a warning; other weights, images or arguments get their own entry."""
-    from latentbook import montecarlo, train
+    from latentbook import montecarlo, store
 
     torch.manual_seed(0)
     vae = models.VAE(latent_dim=2, hidden=(32,))
@@ -182,8 +182,8 @@ def test_iwae_bounds_cached_once_then_loaded(tmp_path, monkeypatch):
     cached = evaluate.iwae_bounds(vae, x, [1, 10], seed=3, cache=True, cache_dir=tmp_path)
     for k in (1, 10):
         assert torch.equal(fresh[k], cached[k])
-    entries = train.cache_info(tmp_path).entries
-    assert len(entries) == 1 and entries[0]["config"]["spec"]["result"] == "iwae_bounds"
+    entries = store.info(tmp_path).entries
+    assert len(entries) == 1 and entries[0]["config"]["result"] == "iwae_bounds"
 
     def refuse(*args, **kwargs):
         raise AssertionError("computed again instead of loading the cached result")
@@ -198,15 +198,15 @@ def test_iwae_bounds_cached_once_then_loaded(tmp_path, monkeypatch):
     with torch.no_grad():
         vae.decoder[0].bias.add_(0.1)
     evaluate.iwae_bounds(vae, x, [1, 10], seed=3, cache=True, cache_dir=tmp_path)
-    assert len(train.cache_info(tmp_path).entries) == 4
+    assert len(store.info(tmp_path).entries) == 4
     # damage every entry: each is recomputed (with a warning), not trusted
     for pt in tmp_path.glob("*.pt"):
         pt.write_bytes(pt.read_bytes()[:100])
     with pytest.warns(RuntimeWarning, match="unusable"):
         redone = evaluate.iwae_bounds(vae, x, [1, 10], seed=3, cache=True, cache_dir=tmp_path)
     assert torch.isfinite(redone[10]).all()
-    train.clear_cache(tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    store.clear(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
     with pytest.raises(ValueError, match="seed"):
         evaluate.iwae_bounds(vae, x, [1], seed=None, cache=True, cache_dir=tmp_path)
 

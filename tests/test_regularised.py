@@ -9,7 +9,7 @@ import torch
 import torch.distributions as dist
 from scipy import stats
 
-from latentbook import evaluate, models as M, noise, train as T, zoo
+from latentbook import evaluate, models as M, noise, store, train as T, zoo
 from latentbook.pca import PCA
 
 
@@ -100,14 +100,14 @@ def test_corruption_specs_are_checked():
 def test_denoising_errors():
     x = _images(50)
     levels = [0.0, 0.2, 0.5]
-    err_input = noise.denoising_errors(None, x, "masking", levels, seed=1)
+    err_input = evaluate.denoising_errors(None, x, "masking", levels, seed=1)
     for lv, e in zip(levels, err_input):
         noisy = noise.masking(x, lv, generator=_gen(1))
         assert e == pytest.approx(((noisy - x) ** 2).mean().item(), rel=1e-6)
     assert err_input[0] == 0 and err_input[1] < err_input[2]
     torch.manual_seed(0)
     ae = M.MLPAutoencoder(latent_dim=4, hidden=(16,))
-    err_ae = noise.denoising_errors(ae, x, "gaussian", [0.3], seed=1)
+    err_ae = evaluate.denoising_errors(ae, x, "gaussian", [0.3], seed=1)
     noisy = noise.gaussian(x, 0.3, generator=_gen(1))
     with torch.no_grad():
         assert err_ae[0] == pytest.approx(((ae(noisy) - x) ** 2).mean().item(), rel=1e-5)
@@ -255,9 +255,9 @@ TINY = {"arch": "mlp_ae", "latent_dim": 2, "hidden": [8]}
 
 
 def test_corruption_enters_the_cache_key_only_when_given():
-    key = lambda **kw: T.cache_key(T._cache_config(TINY, **{**BASE, **kw}))  # noqa: E731
-    plain = T._cache_config(TINY, **BASE)
-    assert "corruption" not in plain and "exclude_classes" not in plain
+    key = lambda **kw: store.key_of(T.model_config(TINY, **{**BASE, **kw}))  # noqa: E731
+    plain = T.model_config(TINY, **BASE)
+    assert "corruption" not in plain["recipe"] and "exclude_classes" not in plain["data"]
     keys = {key(), key(corruption={"kind": "gaussian", "level": 0.5}), key(corruption={"kind": "gaussian", "level": 0.3}),
             key(corruption={"kind": "masking", "level": 0.5}),
             key(loss_kwargs={"penalties": {"l1": 0.1}}), key(loss_kwargs={"penalties": {"l1": 0.2}})}

@@ -1,10 +1,6 @@
-"""The trainer and the model cache: learning on real MNIST, reproducibility, divergence, cache integrity."""
+"""The trainer: learning on real MNIST, reproducibility, divergence, bad arguments (the store: test_store.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-import warnings
 
 import pytest
 import torch
@@ -15,7 +11,6 @@ from latentbook import models as M
 from latentbook import train as T
 
 TINY = {"arch": "mlp_ae", "latent_dim": 2, "hidden": [32]}
-CACHE_RUN = dict(n_train=256, epochs=1, batch_size=64, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -176,7 +171,7 @@ def test_fit_rejects_bad_arguments(mnist):
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             T.fit(model, x, device="cpu", progress=False, **kwargs)
-    with pytest.raises(ValueError, match="floats in"):
+    with pytest.raises(ValueError, match="float images"):
         T.fit(model, (x * 255).to(torch.uint8), epochs=1, device="cpu", progress=False)
 
 
@@ -191,116 +186,3 @@ def test_progress_bar_follows_the_flag_and_the_environment(mnist, monkeypatch, c
     assert capsys.readouterr().err == ""
 
 
-# ---------------------------------------------------------------------------------------------
-# The model cache
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fit_calls(monkeypatch):
-    """Counts calls of train.fit (still training for real)."""
-    calls = []
-    real_fit = T.fit
-
-    def counting_fit(*args, **kwargs):
-        calls.append(1)
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(T, "fit", counting_fit)
-    return calls
-
-
-def test_cached_model_reloads_bit_identical_without_training(tmp_path, fit_calls):
-    rng_before = torch.get_rng_state()
-    m1, h1 = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's random stream is untouched
-    m2, h2 = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert len(fit_calls) == 1
-    assert torch.equal(torch.get_rng_state(), rng_before)
-    assert _same(_weights(m1), _weights(m2)) and h1 == h2 and not m2.training
-    # {"arch": "mlp_ae", ...} and its spelled-out defaults are the same model: same entry
-    T.train_cached({**TINY, "output": "sigmoid"}, cache_dir=tmp_path, **CACHE_RUN)
-    assert len(fit_calls) == 1
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".pt"]
-    T.train_cached(TINY, cache_dir=tmp_path, retrain=True, **CACHE_RUN)
-    assert len(fit_calls) == 2
-
-    info = T.cache_info(tmp_path)
-    assert len(info.entries) == 1 and info.entries[0]["config"]["spec"]["hidden"] == [32]
-    assert "arch=mlp_ae" in str(info) and info.total_bytes == (tmp_path / f"{info.entries[0]['key']}.pt").stat().st_size
-
-
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])
-def test_damaged_entry_is_detected_and_retrained(tmp_path, fit_calls, damage):
-    m1, _ = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    (entry,) = tmp_path.glob("*.pt")
-    blob = entry.read_bytes()
-    if damage == "truncate":
-        entry.write_bytes(blob[: len(blob) // 2])
-    elif damage == "garbage":
-        entry.write_bytes(os.urandom(len(blob)))
-    else:  # valid file, changed weights: only the checksum notices
-        saved = torch.load(entry, weights_only=True)
-        next(iter(saved["state_dict"].values()))[0, 0] += 1.0
-        torch.save(saved, entry)
-    with pytest.warns(RuntimeWarning, match=r"cached model .* is unusable \(.*\); retraining") as record:
-        m2, _ = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert len(record) == 1 and "\n" not in str(record[0].message)
-    assert len(fit_calls) == 2 and _same(_weights(m1), _weights(m2))  # training is deterministic
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the rewritten entry is healthy again
-        T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert len(fit_calls) == 2
-
-
-def test_every_config_entry_changes_the_key(monkeypatch):
-    base = dict(dataset="mnist", n_train=256, epochs=1, batch_size=64, lr=1e-3, seed=0,
-                loss_kwargs=None, binarize=None, kl_warmup_epochs=0)
-    changes = dict(dataset="fashion-mnist", n_train=512, epochs=2, batch_size=32, lr=2e-3, seed=1,
-                   loss_kwargs={"recon_loss": "mse"}, binarize="dynamic", kl_warmup_epochs=1)
-    key = lambda spec=TINY, **kw: T.cache_key(T._cache_config(spec, **{**base, **kw}))  # noqa: E731
-    keys = {"base": key()}
-    for name, value in changes.items():
-        keys[name] = key(**{name: value})
-    keys["spec"] = key({**TINY, "latent_dim": 3})
-    monkeypatch.setattr(T, "_code_fingerprint", lambda: "edited source")
-    keys["code"] = key()
-    assert len(set(keys.values())) == len(keys), keys
-    assert all(len(k) == 16 and int(k, 16) >= 0 for k in keys.values())
-    with pytest.raises(ValueError, match="JSON-able"):
-        key(loss_kwargs={"beta": object()})
-
-
-def test_interrupted_write_leaves_no_partial_file(tmp_path, fit_calls, monkeypatch):
-    real_save = torch.save
-
-    def dying_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as fh:
-            fh.write(b"half an entry")
-        raise KeyboardInterrupt  # e.g. the instructor stops the cell mid-write
-
-    monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(torch, "save", real_save)
-    T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert len(fit_calls) == 2  # the interrupted run cached nothing; the next one did
-
-
-def test_cache_folder_and_clear(tmp_path, monkeypatch):
-    monkeypatch.setenv("LATENTBOOK_MODELS", str(tmp_path / "env"))
-    assert T.cache_folder() == tmp_path / "env"
-    assert T.cache_folder(tmp_path / "arg") == tmp_path / "arg"
-    T.train_cached(TINY, **CACHE_RUN)  # goes to $LATENTBOOK_MODELS
-    (tmp_path / "env" / "notes.txt").write_text("not ours")
-    (tmp_path / "env" / ".0123456789abcdef.pt.x1.tmp").write_bytes(b"left over")
-    info = T.cache_info()
-    assert len(info.entries) == 1
-    desc = json.loads((tmp_path / "env" / f"{info.entries[0]['key']}.json").read_text())
-    assert desc["config"]["n_train"] == 256 and desc["final_loss"] > 0
-    removed = T.clear_cache()
-    assert len(removed.entries) == 1 and str(removed).startswith("removed 1 cached model")
-    assert [p.name for p in (tmp_path / "env").iterdir()] == ["notes.txt"]
-    assert T.cache_info().entries == []

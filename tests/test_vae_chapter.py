@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
-from latentbook import classifier, evaluate, losses, models, montecarlo, train, zoo
+from latentbook import classifier, evaluate, losses, models, montecarlo, store, train, zoo
 from latentbook.chapter import start
 
 
@@ -223,7 +223,7 @@ def test_classifier_cache_round_trip(tmp_path):
         assert torch.equal(pa, pb)
     classifier.train_cached({"arch": "digit_classifier"}, blend=0.5, **kw)  # another configuration
     assert len(list(tmp_path.glob("*.pt"))) == 2
-    listed = train.cache_info(tmp_path)
+    listed = store.info(tmp_path)
     assert len(listed.entries) == 2 and "digit_classifier" in str(listed)
 
 
@@ -234,8 +234,8 @@ def test_zoo_trains_the_classifier_with_its_options(tmp_path, monkeypatch):
     run = start("smoke", "cpu", "mnist", 0, quiet=True)
     clf, hist = zoo.get("digit-classifier", run, progress=False)
     assert isinstance(clf, classifier.DigitClassifier) and hist.epochs == run.mode.epochs(r.epochs)
-    entry = train.cache_info(tmp_path).entries
-    assert len(entry) == 1 and entry[0]["config"]["blend"] == r.loss_kwargs["blend"]
+    entry = store.info(tmp_path).entries
+    assert len(entry) == 1 and entry[0]["config"]["recipe"]["blend"] == r.loss_kwargs["blend"]
 
 
 # ---------------------------------------------------------------------------------------------
