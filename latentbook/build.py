@@ -154,6 +154,11 @@ def module_fingerprint(name: str, package_dir: Path = PACKAGE_DIR) -> str:
     return h.hexdigest()
 
 
+def _package_modules() -> list[str]:
+    return ["latentbook", *sorted(f"latentbook.{p.stem}" for p in PACKAGE_DIR.glob("*.py")
+                                  if p.stem not in ("__init__", "__main__"))]
+
+
 # Files a module reads at run time, whose bytes shape a chapter's outputs.
 PACKAGE_DATA = {"latentbook.explorer": ("explorer.js",)}
 
@@ -294,6 +299,9 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
             runs.append(ChapterRun(stem, time.perf_counter() - start, "prose updated"))
             continue
         log(f"executing {stem} ({why}; {', '.join(f'{k}={v!r}' for k, v in params.items())}) ...")
+        # What is about to run: its code, prose and the meaning of every module it may import.
+        key, source = code_key(root, stem, params), _source_hash(root, stem)
+        meanings = {m: module_fingerprint(m) for m in _package_modules()}
         failed = out_dir / f"{stem}.failed.ipynb"
         record = out_dir / f".{stem}.dependencies.json"
         record.unlink(missing_ok=True)
@@ -321,13 +329,12 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
         try:
             used = json.loads(record.read_text())
         except (OSError, ValueError):  # a chapter that never called start(): it depends on everything
-            used = {"modules": sorted(f"latentbook.{p.stem}" for p in PACKAGE_DIR.glob("*.py") if p.stem != "__main__"),
-                    "entries": {}}
+            used = {"modules": _package_modules(), "entries": {}}
         record.unlink(missing_ok=True)
         failed.unlink(missing_ok=True)
         store.write_text(stamp, json.dumps({
-            "code": code_key(root, stem, params), "source": _source_hash(root, stem), "params": params,
-            "seconds": seconds, "modules": {m: module_fingerprint(m) for m in used["modules"]},
+            "code": key, "source": source, "params": params,
+            "seconds": seconds, "modules": {m: meanings.get(m) or module_fingerprint(m) for m in used["modules"]},
             "entries": used["entries"]}, indent=1))
         runs.append(ChapterRun(stem, seconds, "executed"))
     return runs

@@ -31,6 +31,7 @@ __all__ = [
     "model_device",
     "encode",
     "decode",
+    "decoder",
     "reconstruct",
     "per_sample_errors",
     "reconstruction_mse",
@@ -160,6 +161,18 @@ def decode(model: Any, z: Tensor, batch_size: int = 1024) -> Tensor:
             return x_hat.reshape(-1, 1, 28, 28) if x_hat.shape[1] == 28 * 28 else x_hat
         return _map_batches(model, fn, z, batch_size, name="z")
     return _map_batches(model, model.decode, z, batch_size, name="z")
+
+
+def decoder(model: Any) -> Callable[[Tensor], Tensor]:
+    """``fn(z) -> images`` for codes ``z [N, d]`` on any device: the model's decoder (as :func:`decode`,
+    or a function such as ``vae.decode``) run on the model's device, the images returned on the CPU.
+    What :func:`latentbook.plots.manifold` and ``interpolation_strip`` draw."""
+    if _is_pca(model) or (hasattr(model, "encode") and hasattr(model, "decode")):
+        return lambda z: decode(model, z.to(model_device(model))).cpu()
+    if not callable(model):
+        raise TypeError(f"decoder needs a model or a function z -> images, got {type(model).__name__}")
+    device = model_device(model)
+    return lambda z: _map_batches(model, model, z.to(device), 1024, name="z").cpu()
 
 
 def reconstruct(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:

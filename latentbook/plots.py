@@ -30,7 +30,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from latentbook import evaluate
 
 __all__ = [
     "STYLE",
@@ -235,16 +234,13 @@ def compare_rows(
     return image_grid(batches, row_labels=list(rows), title=title, ax=ax, **kwargs)
 
 
-def _decode_images(decode_fn: Any, z: torch.Tensor, device: Any) -> np.ndarray:
-    """Decode ``z [M, d]`` with a model (PCA/AE/VAE) or a function ``z -> images``, without gradients."""
-    if hasattr(decode_fn, "inverse_transform") or hasattr(decode_fn, "decode"):
-        out = evaluate.decode(decode_fn, z.to(evaluate.model_device(decode_fn) if device is None else device))
-    elif callable(decode_fn):
-        dev = evaluate.model_device(decode_fn) if device is None else torch.device(device)
-        with torch.no_grad():
-            out = decode_fn(z.to(dev))
-    else:
-        raise TypeError(f"decode_fn must be a model or a function z -> images, got {type(decode_fn).__name__}")
+def _decode_images(decode_fn: Any, z: torch.Tensor) -> np.ndarray:
+    """``decode_fn(z)`` for ``z [M, d]`` (on the CPU) as display images, without gradients."""
+    if not callable(decode_fn) or hasattr(decode_fn, "decode") or hasattr(decode_fn, "inverse_transform"):
+        raise TypeError(f"decode_fn must be a function z -> images, e.g. lb.evaluate.decoder(model), "
+                        f"got {type(decode_fn).__name__}")
+    with torch.no_grad():
+        out = decode_fn(z)
     images = _as_images(out, "decode_fn(z)")
     if len(images) != len(z):
         raise ValueError(f"decode_fn returned {len(images)} images for {len(z)} codes")
@@ -260,13 +256,12 @@ def manifold(
     z_base: Any = None,
     ax: Axes | None = None,
     title: str | None = None,
-    device: Any = None,
     cmap: str = "gray",
 ) -> Figure:
     """Images decoded on a ``grid x grid`` lattice over ``[-lim, lim]²`` of latent space, ticks in z units.
 
-    decode_fn: a model (``vae``, ``ae``, a PCA) or a function ``z [M, d] -> [M, 1, 28, 28]``
-        (e.g. ``vae.decode``), run on ``device`` (default: the model's).
+    decode_fn: a function ``z [M, d] -> [M, 1, 28, 28]`` taking codes on the CPU, e.g.
+        ``lb.evaluate.decoder(vae)`` (plots only draw: decoding is the evaluate module's).
     The lattice varies latent dimensions ``dims`` (z_1 left to right, z_2 bottom to top); the
     others stay at ``z_base [d]`` (default: a 2-D latent space, or zeros for a longer ``z_base``).
     """
@@ -282,7 +277,7 @@ def manifold(
     z = base.repeat(grid * grid, 1)
     z[:, d0] = values.repeat(grid)  # column j -> z_1 = values[j]
     z[:, d1] = values.flip(0).repeat_interleave(grid)  # row i (top first) -> z_2 = values[-1 - i]
-    images = _decode_images(decode_fn, z, device)
+    images = _decode_images(decode_fn, z)
     h, w = images.shape[1:]
     mosaic = images.reshape(grid, grid, h, w).transpose(0, 2, 1, 3).reshape(grid * h, grid * w)
     step = 2 * lim / (grid - 1)
@@ -306,7 +301,6 @@ def interpolation_strip(
     row_labels: Sequence[str] | None = None,
     ax: Axes | None = None,
     title: str | None = None,
-    device: Any = None,
 ) -> Figure:
     """Images decoded along the straight line ``z(t) = (1 - t) z0 + t z1``, ``t`` from 0 to 1.
 
@@ -322,7 +316,7 @@ def interpolation_strip(
     a0, a1 = a0.reshape(-1, a0.shape[-1]), a1.reshape(-1, a1.shape[-1])
     t = torch.linspace(0, 1, steps)[None, :, None]
     z = ((1 - t) * a0[:, None] + t * a1[:, None]).reshape(-1, a0.shape[-1])  # [P * steps, d]
-    images = _decode_images(decode_fn, z, device)
+    images = _decode_images(decode_fn, z)
     rows = [images[i * steps : (i + 1) * steps] for i in range(len(a0))]
     return image_grid(rows, row_labels=row_labels, col_labels=[f"t={v:.2g}" for v in t.reshape(-1).tolist()],
                       title=title, ax=ax)

@@ -5,6 +5,7 @@ import http.server
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,20 @@ os.environ.setdefault("LATENTBOOK_PROGRESS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = {"MODE": "smoke", "DEVICE": "cpu", "DATASET": "mnist", "SEED": 0}
+
+
+@pytest.fixture(scope="session")
+def smoke_build():
+    """The whole book executed in smoke mode and its site built (reused when current): ``(html, runs)``."""
+    from latentbook import build
+
+    html, runs = build.build(ROOT, SMOKE)
+    table = build.timing_table(runs)
+    (ROOT / "_build" / "smoke" / "timings.txt").write_text(table + "\n")
+    print("\n" + table)
+    return html, runs
 
 
 @pytest.fixture(scope="session")

@@ -5,29 +5,20 @@ Screenshots of every page are left in ``_build/smoke/screenshots/`` to look at.
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import assert_drawn_as_pytorch_decodes, click_explorer
+from conftest import SMOKE, assert_drawn_as_pytorch_decodes, click_explorer
 from latentbook import build
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = build.chapters(ROOT)
-SMOKE = {"MODE": "smoke", "DEVICE": "cpu", "DATASET": "mnist", "SEED": 0}
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def smoke_build():
-    html, runs = build.build(ROOT, SMOKE)
-    table = build.timing_table(runs)
-    (ROOT / "_build" / "smoke" / "timings.txt").write_text(table + "\n")
-    print("\n" + table)
-    return html, runs
 
 
 def test_every_chapter_executes_in_smoke_mode(smoke_build):
@@ -56,9 +47,85 @@ def test_rebuild_with_nothing_changed_executes_nothing(smoke_build):
 
 
 def test_changed_parameters_reexecute(smoke_build, tmp_path):
-    key_a = build.chapter_key(ROOT, CHAPTERS[0], SMOKE)
-    key_b = build.chapter_key(ROOT, CHAPTERS[0], {**SMOKE, "SEED": 1})
+    key_a = build.code_key(ROOT, CHAPTERS[0], SMOKE)
+    key_b = build.code_key(ROOT, CHAPTERS[0], {**SMOKE, "SEED": 1})
     assert key_a != key_b
+    assert build.stale(ROOT, CHAPTERS[0], {**SMOKE, "SEED": 1}, ROOT / "_executed" / "smoke") is not None
+
+
+def _copy_of_the_book(tmp_path: Path) -> Path:
+    """The sources, notebooks and smoke execution of the book in ``tmp_path`` (the same store)."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for folder in ("book", "notebooks"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    shutil.copytree(ROOT / "_executed" / "smoke", tmp_path / "_executed" / "smoke")
+    return tmp_path
+
+
+def test_a_prose_edit_executes_nothing_and_reaches_the_page(smoke_build, tmp_path):
+    root = _copy_of_the_book(tmp_path)
+    md = root / "book" / "vae.md"
+    text = md.read_text()
+    old = "## The model and its loss"
+    assert old in text
+    md.write_text(text.replace(old, old + "\n\nA sentence added by a test, and no code.", 1))
+    build.sync(root)
+    runs = {r.stem: r.status for r in build.execute(root, SMOKE, root / "_executed" / "smoke", log=lambda *a: None)}
+    assert runs["vae"] == "prose updated" and {s for k, s in runs.items() if k != "vae"} == {"up to date"}
+    merged = nbformat.read(root / "_executed" / "smoke" / "vae.ipynb", as_version=4)
+    original = nbformat.read(ROOT / "_executed" / "smoke" / "vae.ipynb", as_version=4)
+    assert any("A sentence added by a test" in c.source for c in merged.cells if c.cell_type == "markdown")
+    assert [c.outputs for c in merged.cells if c.cell_type == "code"] == \
+        [c.outputs for c in original.cells if c.cell_type == "code"]  # the outputs of the run, unchanged
+    # the same again: nothing to do
+    runs = {r.stem: r.status for r in build.execute(root, SMOKE, root / "_executed" / "smoke", log=lambda *a: None)}
+    assert set(runs.values()) == {"up to date"}
+    # a code edit does execute
+    md.write_text(md.read_text().replace("print(lb.zoo.recipe(\"vae-32\").about)",
+                                         "print(lb.zoo.recipe(\"vae-32\").about)  # edited", 1))
+    build.sync(root)
+    assert build.stale(root, "vae", SMOKE, root / "_executed" / "smoke") == "its code cells or parameters changed"
+
+
+def test_a_changed_store_entry_or_module_reexecutes(smoke_build, tmp_path, monkeypatch):
+    executed = ROOT / "_executed" / "smoke"
+    recorded = json.loads((executed / "vae.json").read_text())
+    assert "latentbook.evaluate" in recorded["modules"] and len(recorded["entries"]) >= 10
+    assert build.stale(ROOT, "vae", SMOKE, executed) is None
+    monkeypatch.setattr(build, "module_fingerprint", lambda name, package_dir=None: "another meaning")
+    assert build.stale(ROOT, "vae", SMOKE, executed).startswith("latentbook code it uses changed")
+    monkeypatch.undo()
+    monkeypatch.setenv("LATENTBOOK_MODELS", str(tmp_path / "empty-store"))
+    assert "store entry" in build.stale(ROOT, "vae", SMOKE, executed)
+
+
+def test_a_failing_chapter_names_itself_and_keeps_its_notebook(tmp_path):
+    root = _copy_of_the_book(tmp_path)
+    md = root / "book" / "data.md"
+    md.write_text(md.read_text().replace("run = start(MODE, DEVICE, DATASET, SEED)",
+                                         "run = start(MODE, DEVICE, DATASET, SEED)\nraise RuntimeError('a test fault')", 1))
+    build.sync(root)
+    out = root / "_executed" / "smoke"
+    before = (out / "data.ipynb").read_bytes()
+    with pytest.raises(build.BuildError, match="chapter 'data' failed") as err:
+        build.execute(root, SMOKE, out, only=["data"], log=lambda *a: None)
+    assert "a test fault" in str(err.value) and str(out / "data.failed.ipynb") in str(err.value)
+    assert (out / "data.failed.ipynb").is_file()
+    assert (out / "data.ipynb").read_bytes() == before  # the last good execution is kept, whole
+    assert not list(out.glob(".*.tmp*"))
+
+
+def test_the_site_publishes_the_models_the_book_used(smoke_build):
+    html, _ = smoke_build
+    manifest = json.loads((html / "models" / "manifest.json").read_text())
+    used = {}
+    for stem in CHAPTERS:
+        used.update(json.loads((ROOT / "_executed" / "smoke" / f"{stem}.json").read_text())["entries"])
+    assert set(manifest["entries"]) == set(used) and len(used) >= 20
+    for key, item in manifest["entries"].items():
+        path = html / "models" / f"{key}.pt"
+        assert path.stat().st_size == item["bytes"] and build.store.file_sha256(path) == item["sha256"]
 
 
 def test_a_changed_stylesheet_reaches_the_site(smoke_build):

@@ -25,7 +25,7 @@ def _current(stem: str) -> bool:
     if not (stamp.is_file() and (FULL / f"{stem}.ipynb").is_file()):
         return False
     recorded = json.loads(stamp.read_text())
-    return recorded.get("key") == build.chapter_key(ROOT, stem, recorded.get("params", {}))
+    return build.stale(ROOT, stem, recorded.get("params", {}), FULL) is None
 
 
 @pytest.mark.parametrize("stem", build.chapters(ROOT))

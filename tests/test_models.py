@@ -245,8 +245,15 @@ def test_bad_specs_and_inputs_say_what_is_allowed():
 def test_register_adds_an_architecture(monkeypatch):
     monkeypatch.setattr(M, "ARCHS", dict(M.ARCHS))
 
+    with pytest.raises(TypeError, match="version"):  # every architecture carries its own version (store keys)
+        @M.register("unversioned")
+        class Unversioned(M.MLPAutoencoder):
+            pass
+
     @M.register("tiny_ae")
     class TinyAE(M.MLPAutoencoder):
+        version = 1
+
         def __init__(self, latent_dim: int = 2):
             super().__init__(latent_dim, hidden=(16,))
 

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from latentbook import plots  # noqa: E402
+from latentbook import evaluate, plots  # noqa: E402
 
 models = pytest.importorskip("latentbook.models", reason="latentbook/models.py is not written yet")
 
@@ -156,13 +156,15 @@ def test_manifold_with_a_model_and_other_dims():
     torch.manual_seed(0)
     vae = models.VAE(latent_dim=4, hidden=(8,))
     vae.train()
-    fig = plots.manifold(vae, grid=3, lim=2.0, dims=(1, 3), z_base=torch.zeros(4))
+    fig = plots.manifold(evaluate.decoder(vae), grid=3, lim=2.0, dims=(1, 3), z_base=torch.zeros(4))
     assert vae.training  # the model is given back in the mode it came in
     expected_corner = vae.decode(torch.tensor([[0.0, -2.0, 0.0, 2.0]]))[0, 0].detach().numpy()
     np.testing.assert_allclose(fig.axes[0].images[0].get_array()[:28, :28], expected_corner, atol=1e-6)
     assert fig.axes[0].get_ylabel() == "$z_{4}$"
     with pytest.raises(ValueError, match="dims"):
-        plots.manifold(vae, dims=(0, 0), z_base=torch.zeros(4))
+        plots.manifold(evaluate.decoder(vae), dims=(0, 0), z_base=torch.zeros(4))
+    with pytest.raises(TypeError, match="evaluate.decoder"):  # plots only draw: a model is refused
+        plots.manifold(vae, grid=3)
 
 
 def test_interpolation_strip_decodes_the_straight_line(tmp_path):
@@ -249,8 +251,8 @@ def test_cuda_tensors_and_models():
     x = _digits(4).cuda()
     assert plots.image_grid(x).axes[0].images
     vae = models.VAE(latent_dim=2, hidden=(8,)).cuda()
-    assert plots.manifold(vae, grid=3).axes[0].images
-    assert plots.manifold(vae.decode, grid=3).axes[0].images  # device found from the bound method
+    assert plots.manifold(evaluate.decoder(vae), grid=3).axes[0].images
+    assert plots.manifold(evaluate.decoder(vae.decode), grid=3).axes[0].images  # device from the bound method
 
 
 @pytest.mark.slow

@@ -62,6 +62,9 @@ def test_chapter_template(stem):
     repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
     assert '"google.colab" in sys.modules' in code[0].source
     assert f"latentbook @ git+{repo}" in code[0].source, "the install cell must use _config.yml's repository url"
+    models_url = yaml.safe_load((ROOT / "_config.yml").read_text())["latentbook"]["models_url"]
+    assert f'os.environ.setdefault("LATENTBOOK_MODELS_URL", "{models_url}")' in code[0].source, \
+        "the install cell must point at _config.yml's published models"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and params[0] is code[1]
     # hidden on the site, where papermill's injected cell right after it shows the values actually used

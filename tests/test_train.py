@@ -163,7 +163,7 @@ def test_fit_rejects_bad_arguments(mnist):
     x = mnist[0][:64]
     model = M.build(TINY)
     cases = [
-        (dict(epochs=0), "epochs must be an integer >= 1"),
+        (dict(epochs=0), "epochs must be a positive integer"),
         (dict(epochs=1, lr=-1.0), "lr must be a positive number"),
         (dict(epochs=1, binarize="static"), "binarize must be None or 'dynamic'"),
         (dict(epochs=1, loss_kwargs={"beta": 2.0}), r"does not accept \['beta'\]"),
