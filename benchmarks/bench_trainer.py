@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import ToTensor
 
-from common import append_result, machine_info  # also puts the checkout on sys.path
+from common import append_result, machine_info, matmul_flops, sync  # also puts the checkout on sys.path
 from latentbook import data, models, train
 from latentbook.runmode import resolve_device
 
@@ -44,27 +44,6 @@ SPEC = {"arch": "mlp_ae", "latent_dim": 2, "hidden": [512, 256, 128]}
 TARGET_SPEEDUP = 1.5
 TARGET_FRACTION = 0.6
 RESULTS = Path(__file__).resolve().parent / "results" / "trainer.json"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_flops(device: torch.device, n: int = 4096, reps: int = 5) -> float:
-    """Best FLOP/s of ``[n, n] @ [n, n]`` in float32 over ``reps`` timed runs (after a warm-up)."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
-    a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def fresh_model(device: torch.device) -> torch.nn.Module:

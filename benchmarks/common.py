@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +41,36 @@ def machine_info(device: torch.device | None = None) -> dict:
     return info
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(device: torch.device = torch.device("cpu"), n: int = 4096, reps: int = 5) -> float:
+    """Best FLOP/s of ``[n, n] @ [n, n]`` in float32 over ``reps`` timed runs (after a warm-up): the
+    machine's speed, recorded beside every timing so that runs on machines of other speeds compare."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def matmul_gflops(device: torch.device = torch.device("cpu")) -> float:
+    return matmul_flops(device) / 1e9
+
+
 def append_result(path: Path, record: dict) -> None:
-    """Append ``record`` to the JSON list of runs at ``path``, atomically (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append ``record`` to the JSON list of runs at ``path``, atomically (the package's one atomic write)."""
+    from latentbook import store
+
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
     runs.append(record)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"runs": runs}, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    store.write_text(path, json.dumps({"runs": runs}, indent=2) + "\n")

@@ -226,13 +226,10 @@ def train_cached(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(canonical)
-    entry = None if retrain else store.get(config, folder_=cache_dir)
-    if entry is not None:
-        model.load_state_dict(entry.tensors)
-        return model.to(dev).eval(), train.History.from_dict(entry.info["history"])
-    x, y = data.load(dataset, "train", n=n_train, device=dev)
-    history = fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-                  blend=blend, noise=noise)
-    store.put(config, model.state_dict(), {"history": history.to_dict()},
-              meta={"device": dev.type, "train_seconds": round(sum(history.epoch_time), 2)}, folder_=cache_dir)
-    return model, history
+
+    def train_it() -> train.History:
+        x, y = data.load(dataset, "train", n=n_train, device=dev)
+        return fit(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
+                   blend=blend, noise=noise)
+
+    return train.load_or_train(config, model, train_it, device=dev, cache_dir=cache_dir, retrain=retrain)

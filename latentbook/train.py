@@ -43,6 +43,7 @@ __all__ = [
     "make_optimizer",
     "model_config",
     "train_cached",
+    "load_or_train",
     "VERSION",
 ]
 
@@ -454,18 +455,29 @@ def train_cached(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = models.build(config["spec"])
+
+    def train_it() -> History:
+        x, y = data.load(dataset, "train", n=n_train, device=dev)
+        if "exclude_classes" in config["data"]:
+            x = x[~torch.isin(y, torch.tensor(config["data"]["exclude_classes"], device=y.device))]
+        transform = noise.transform(corruption) if corruption is not None else None
+        return fit(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
+                   loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
+                   transform=transform)
+
+    return load_or_train(config, model, train_it, device=dev, cache_dir=cache_dir, retrain=retrain)
+
+
+def load_or_train(config: dict[str, Any], model: nn.Module, train_it: Callable[[], History], *,
+                  device: torch.device, cache_dir: str | os.PathLike | None = None,
+                  retrain: bool = False) -> tuple[nn.Module, History]:
+    """``model`` with the stored weights of ``config`` (local or published), or trained by ``train_it()``
+    (which trains ``model`` in place) and stored. Returns ``(model in eval mode on device, History)``."""
     entry = None if retrain else store.get(config, folder_=cache_dir)
     if entry is not None:
         model.load_state_dict(entry.tensors)
-        return model.to(dev).eval(), History.from_dict(entry.info["history"])
-
-    x, y = data.load(dataset, "train", n=n_train, device=dev)
-    if "exclude_classes" in config["data"]:
-        x = x[~torch.isin(y, torch.tensor(config["data"]["exclude_classes"], device=y.device))]
-    transform = noise.transform(corruption) if corruption is not None else None
-    history = fit(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-                  loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
-                  transform=transform)
+        return model.to(device).eval(), History.from_dict(entry.info["history"])
+    history = train_it()
     store.put(config, model.state_dict(), {"history": history.to_dict()},
-              meta={"device": dev.type, "train_seconds": round(sum(history.epoch_time), 2)}, folder_=cache_dir)
-    return model, history
+              meta={"device": device.type, "train_seconds": round(sum(history.epoch_time), 2)}, folder_=cache_dir)
+    return model.eval(), history
