@@ -1,15 +1,19 @@
-"""Execute the chapters and build the website.
+"""Execute the chapters, build the website and publish the models the book used.
 
-The pipeline (DESIGN.md, "The build pipeline"):
+The pipeline (``docs/architecture.md``):
 
 1. ``book/*.md`` are the sources; ``notebooks/*.ipynb`` are their output-free jupytext pairs.
    :func:`check_pairs` refuses to go on when a pair is out of sync or a notebook carries outputs.
 2. papermill executes each chapter into ``_executed/<mode>/`` (never in place, so a later
-   ``jupytext --sync`` cannot copy papermill's injected cell back into ``book/``). A chapter whose
-   source, parameters and ``latentbook`` code are unchanged is not executed again.
+   ``jupytext --sync`` cannot copy papermill's injected cell back into ``book/``). The run records what
+   it used (``<stem>.json``); a chapter executes again only when its code cells, parameters, the
+   meaning of a module it imported (:func:`module_fingerprint`) or a store entry it used changed
+   (:func:`stale`). A prose-only edit is merged into the executed notebook (:func:`merge_prose`).
 3. Jupyter Book 1 (Sphinx) builds ``_build/<mode>/html`` from the executed notebooks, executing
    nothing itself, with warnings as errors. MathJax, require.js and the widget manager are vendored
    from npm into ``_assets/vendor`` so no page loads anything from outside the site.
+4. :func:`export_models` copies every store entry the chapters used into the site's ``models/``,
+   with a manifest of SHA-256 hashes, from which :mod:`latentbook.store` fetches.
 """
 
 from __future__ import annotations

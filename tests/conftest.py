@@ -1,5 +1,6 @@
 """Shared test settings (no progress bars, a non-interactive matplotlib backend) and browser fixtures."""
 
+import ast
 import functools
 import http.server
 import os
@@ -94,3 +95,17 @@ def assert_drawn_as_pytorch_decodes(model, codes, images, min_difference: float)
         reference = model.decode(codes).reshape(len(codes), 784)
     assert (images - reference).abs().max() < 0.02 + 1 / 255
     assert (images[0] - images[1]).abs().max() > min_difference and (images[0] - images[1]).abs().mean() > 0.01
+
+
+def edited_package_copy(tmp_path: Path) -> Path:
+    """A copy of the package in which every module has a new comment and a changed docstring."""
+    copy = tmp_path / "edited" / "latentbook"
+    shutil.copytree(ROOT / "latentbook", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in copy.glob("*.py"):
+        text = path.read_text()
+        tree = ast.parse(text)
+        doc = ast.get_docstring(tree, clean=False)
+        if doc:
+            text = text.replace(doc, doc + "\n\nEdited for a test.", 1)
+        path.write_text(text + "\n# a comment added by a test: it must change no key\n")
+    return copy

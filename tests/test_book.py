@@ -5,14 +5,17 @@ Screenshots of every page are left in ``_build/smoke/screenshots/`` to look at.
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import SMOKE, assert_drawn_as_pytorch_decodes, click_explorer
+from conftest import SMOKE, assert_drawn_as_pytorch_decodes, click_explorer, edited_package_copy
 from latentbook import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +89,20 @@ def test_a_prose_edit_executes_nothing_and_reaches_the_page(smoke_build, tmp_pat
                                          "print(lb.zoo.recipe(\"vae-32\").about)  # edited", 1))
     build.sync(root)
     assert build.stale(root, "vae", SMOKE, root / "_executed" / "smoke") == "its code cells or parameters changed"
+
+
+def test_comments_in_every_module_execute_no_chapter(smoke_build, tmp_path):
+    """`make book` with a comment appended to (and the docstring changed in) every module of the package:
+    every chapter is up to date, because modules are compared by meaning, not bytes."""
+    copy = edited_package_copy(tmp_path)
+    root = _copy_of_the_book(tmp_path / "book-copy")
+    proc = subprocess.run([sys.executable, "-m", "latentbook", "build", "--mode", "smoke", "--device", "cpu",
+                           "--no-site"], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(copy.parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "executing" not in proc.stdout + proc.stderr
+    table = [line for line in proc.stdout.splitlines() if line.split()[:1] and line.split()[0] in CHAPTERS]
+    assert len(table) == len(CHAPTERS) and all(line.endswith("up to date") for line in table), proc.stdout
 
 
 def test_a_changed_store_entry_or_module_reexecutes(smoke_build, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import edited_package_copy
 from latentbook import build, classifier, data, losses, models as M, noise, store, train as T, zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,20 +244,6 @@ def test_every_part_of_the_configuration_changes_the_key(monkeypatch):
         key(loss_kwargs={"beta": object()})
 
 
-def _edited_copy(tmp_path: Path) -> Path:
-    """A copy of the package in which every module has a new comment and a changed docstring."""
-    copy = tmp_path / "edited" / "latentbook"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    for path in copy.glob("*.py"):
-        text = path.read_text()
-        tree = ast.parse(text)
-        doc = ast.get_docstring(tree, clean=False)
-        if doc:
-            text = text.replace(doc, doc + "\n\nEdited for a test.", 1)
-        path.write_text(text + "\n# a comment added by a test: it must change no key\n")
-    return copy
-
-
 KEYS_SCRIPT = """
 import json, sys
 from latentbook import store, train, zoo, chapter
@@ -274,7 +261,7 @@ print(json.dumps(keys))
 
 
 def test_comments_and_docstrings_change_no_key_and_no_chapter(tmp_path):
-    copy = _edited_copy(tmp_path)
+    copy = edited_package_copy(tmp_path)
 
     def keys(where: Path) -> dict:
         out = subprocess.run([sys.executable, "-c", KEYS_SCRIPT], cwd=tmp_path, capture_output=True, text=True,
