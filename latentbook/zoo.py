@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from latentbook import store, train
+from latentbook import data, evaluate, store, train
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,39 @@ def get(name: str, run, *, progress: bool = True, retrain: bool = False) -> tupl
     )
 
 
+# The stored evaluations of the book: the importance-weighted bounds of the VAE chapter (also read by
+# "side by side"), for these models, on the images and k of likelihood_setup.
+LIKELIHOOD_MODELS = ("vae-32", "conv-vae-32", "vae-2")
+
+
+def binarised_test_set(run) -> Tensor:
+    """The test images binarised once with ``run.seed`` (on ``run.device``): ``[N, 1, 28, 28]`` of 0s and 1s,
+    the images every Bernoulli VAE is scored on."""
+    x_test, _ = data.load(run.dataset, "test", n=run.mode.n_test, device=run.device)
+    return torch.bernoulli(x_test, generator=torch.Generator(device=run.device).manual_seed(run.seed))
+
+
+def likelihood_setup(run) -> tuple[Tensor, list[int]]:
+    """``(x_ll, ks)``: the binarised test images whose log-likelihood the book estimates (all of them on a
+    GPU, the first 500 on a CPU; 50 in smoke mode) and the numbers of importance samples (up to 5,000)."""
+    x_bin = binarised_test_set(run)
+    n = len(x_bin) if run.device.type == "cuda" else min(run.mode.scale(500, 50), len(x_bin))
+    ks = [k for k in (1, 5, 50, 500, 5000) if k <= run.mode.scale(5000, 50)]
+    return x_bin[:n], ks
+
+
+def likelihood_bounds(name: str, run) -> dict[int, Tensor]:
+    """The importance-weighted bounds ``{k: [N] nats}`` of model ``name`` on :func:`likelihood_setup`'s
+    images, from the store (computed once: minutes on a CPU at k = 5,000)."""
+    model, _ = get(name, run)
+    x_ll, ks = likelihood_setup(run)
+    return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
+
+
 def warm(run, names: list[str] | None = None, log=print) -> None:
-    """Make every model of the book ready for this run's settings: first fetch every entry the
-    published book lists (models and stored evaluations; see :mod:`latentbook.store`), then take each
-    model from the store, training only those that are neither stored nor published."""
+    """Make every model and stored evaluation of the book ready for this run's settings: first fetch
+    every entry the published book lists (see :mod:`latentbook.store`), then take each model and each
+    likelihood estimate from the store, training or computing only what is neither stored nor published."""
     url = store.models_url()
     listed = store.manifest(url) if url else "no published address is configured"
     if isinstance(listed, str):
@@ -157,3 +187,6 @@ def warm(run, names: list[str] | None = None, log=print) -> None:
     for name in names or list(RECIPES):
         log(f"{name}: {recipe(name).about}")
         get(name, run)
+    for name in LIKELIHOOD_MODELS if names is None else [n for n in names if n in LIKELIHOOD_MODELS]:
+        log(f"{name}: importance-weighted bounds on the test set (stored evaluation)")
+        likelihood_bounds(name, run)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
-from latentbook import classifier, evaluate, losses, models, montecarlo, store, train, zoo
+from latentbook import classifier, data, evaluate, losses, models, montecarlo, store, train, zoo
 from latentbook.chapter import start
 
 
@@ -288,3 +288,24 @@ def test_kl_per_dimension_equals_torch_distributions_and_sums_to_the_kl():
     assert per_dim.shape == (5,)
     torch.testing.assert_close(per_dim, expected, rtol=1e-5, atol=1e-6)
     assert per_dim.sum().item() == pytest.approx(evaluate.test_elbo(vae, x)["kl"], rel=1e-5)
+
+
+def test_likelihood_setup_is_the_chapters_and_warm_computes_it(tmp_path, monkeypatch):
+    """The images and k the VAE and side-by-side chapters score are one definition (zoo); warm stores the
+    bounds, so the chapters read them instead of sampling again."""
+    monkeypatch.setenv("LATENTBOOK_MODELS", str(tmp_path))
+    monkeypatch.setenv("LATENTBOOK_MODELS_URL", "off")
+    run = start("smoke", "cpu", "mnist", 0, quiet=True)
+    x_ll, ks = zoo.likelihood_setup(run)
+    x_test, _ = data.load("mnist", "test", n=run.mode.n_test)
+    expected = torch.bernoulli(x_test, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x_ll, expected[:50]) and ks == [1, 5, 50]
+    zoo.warm(run, ["vae-2"], log=lambda *a: None)
+    assert {e["config"]["kind"] for e in store.info(tmp_path).entries} == {"model", "result"}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled again instead of reading the stored bounds")
+
+    monkeypatch.setattr(montecarlo, "log_weights", refuse)
+    bounds = zoo.likelihood_bounds("vae-2", run)
+    assert set(bounds) == set(ks) and bounds[50].shape == (50,)
