@@ -58,6 +58,7 @@ def test_changed_parameters_reexecute(smoke_build, tmp_path):
 
 def _copy_of_the_book(tmp_path: Path) -> Path:
     """The sources, notebooks and smoke execution of the book in ``tmp_path`` (the same store)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, tmp_path / name)
     for folder in ("book", "notebooks"):
