@@ -192,11 +192,19 @@ class Entry:
 
 
 def _describe(config: dict[str, Any]) -> str:
-    """A short human description of a config, for messages."""
-    what = config.get("about") or config.get("kind", "entry")
-    spec = config.get("spec") or {}
-    if spec:
-        what += " " + ", ".join(f"{k}={v}" for k, v in spec.items())
+    """A short human description of a config, e.g. ``vae(latent_dim=2, ...) on mnist n=all, 15 epochs``."""
+    if config.get("about"):
+        return str(config["about"])
+    spec = dict(config.get("spec") or {})
+    what = f"{spec.pop('arch', config.get('kind', 'entry'))}({', '.join(f'{k}={v}' for k, v in spec.items())})"
+    data, recipe = config.get("data") or {}, dict(config.get("recipe") or {})
+    if data:
+        what += f" on {data.get('dataset')} n={data.get('n') or 'all'}"
+        if data.get("exclude_classes"):
+            what += f" without {data['exclude_classes']}"
+    if recipe:
+        what += f", {recipe.pop('epochs', '?')} epochs"
+        what += "".join(f", {k}={v}" for k, v in recipe.items() if v not in (None, {}, 0, 0.0) and k not in ("lr", "batch_size"))
     return what
 
 
@@ -310,7 +318,7 @@ class StoreInfo:
         lines = [head]
         for e in self.entries:
             c = e.get("config") or {}
-            what = c.get("about") or _describe(c) if c else "(no description)"
+            what = _describe(c) if c else "(no description)"
             old = "" if e.get("format") == FORMAT else f"  [format {e.get('format', 1)}: unused by this version]"
             lines.append(f"  {e['key']}  {e.get('bytes', 0) / 1e6:6.1f} MB  {c.get('kind', '?'):<10}  {what}{old}")
         return "\n".join(lines)

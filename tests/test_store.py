@@ -81,7 +81,7 @@ def test_cached_model_reloads_bit_identical_without_training(tmp_path, fit_calls
     (entry,) = listed.entries
     assert entry["config"]["spec"]["hidden"] == [32] and entry["meta"]["torch"] == str(torch.__version__)
     assert "torch" not in json.dumps(entry["config"])  # metadata, never part of the key
-    assert "arch=mlp_ae" in str(listed) and listed.total_bytes == (tmp_path / f"{entry['key']}.pt").stat().st_size
+    assert "mlp_ae(hidden=[32]" in str(listed) and listed.total_bytes == (tmp_path / f"{entry['key']}.pt").stat().st_size
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper", "older"])
