@@ -479,5 +479,5 @@ def load_or_train(config: dict[str, Any], model: nn.Module, train_it: Callable[[
         return model.to(device).eval(), History.from_dict(entry.info["history"])
     history = train_it()
     store.put(config, model.state_dict(), {"history": history.to_dict()},
-              meta={"device": device.type, "train_seconds": round(sum(history.epoch_time), 2)}, folder_=cache_dir)
+              meta={"device": device.type, "train_seconds": round(sum(history.epoch_time), 3)}, folder_=cache_dir)
     return model.eval(), history

@@ -104,7 +104,8 @@ def test_damaged_or_older_entry_is_detected_and_retrained(tmp_path, fit_calls, d
               "older": r"written by another version of latentbook \(entry format 1"}[damage]
     with pytest.warns(RuntimeWarning, match=rf"stored .* is unusable: {reason}.*; making it again") as record:
         m2, _ = T.train_cached(TINY, cache_dir=tmp_path, **CACHE_RUN)
-    assert len(record) == 1 and "\n" not in str(record[0].message)
+    ours = [w for w in record if str(w.message).startswith("latentbook:")]  # torch may warn about garbage too
+    assert len(ours) == 1 and "\n" not in str(ours[0].message)
     assert len(fit_calls) == 2 and _same(_weights(m1), _weights(m2))  # training is deterministic
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rewritten entry is healthy again
@@ -199,7 +200,7 @@ def test_folder_info_and_clear(tmp_path, monkeypatch):
     listed = store.info()
     assert len(listed.entries) == 1
     description = json.loads((tmp_path / "env" / f"{listed.entries[0]['key']}.json").read_text())
-    assert description["config"]["data"]["n"] == 256 and description["meta"]["train_seconds"] > 0
+    assert description["config"]["data"]["n"] == 256 and description["meta"]["train_seconds"] >= 0
     removed = store.clear()
     assert len(removed.entries) == 1 and str(removed).startswith("removed 1 stored entry")
     assert sorted(p.name for p in (tmp_path / "env").iterdir()) == [".lock", "notes.txt"]
