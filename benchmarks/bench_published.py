@@ -75,13 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"out-{stem}"
             out.mkdir()
             cold = execute(stem, params, out)
+            published = ROOT / "_executed" / args.mode / f"{stem}.ipynb"
+            same = build.printed(out / f"{stem}.ipynb") == build.printed(published)  # and every claim held
             fetched = store.info(empty)
             warm = execute(stem, params, out)
             rows[stem] = {"cold_s": round(cold, 1), "warm_s": round(warm, 1), "cold_minus_warm_s": round(cold - warm, 1),
+                          "prints_the_published_figures": same,
                           "entries_fetched": len(fetched.entries), "mb_fetched": round(fetched.total_bytes / 1e6, 1),
                           "all_fetched": all(e.get("source", "").startswith("fetched") for e in fetched.entries)}
             print(f"{stem:<24} cold {cold:6.1f} s   warm {warm:6.1f} s   +{cold - warm:5.1f} s   "
-                  f"{len(fetched.entries):2d} entries fetched ({fetched.total_bytes / 1e6:.1f} MB)", flush=True)
+                  f"{len(fetched.entries):2d} entries fetched ({fetched.total_bytes / 1e6:.1f} MB)"
+                  f"{'' if same else '   PRINTS OTHER FIGURES than the published page'}", flush=True)
         os.environ["LATENTBOOK_MODELS"] = str(Path(tmp) / "store-instructor")
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "latentbook", "warm", "--mode", args.mode], cwd=ROOT,

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -239,6 +240,25 @@ def merge_prose(source: Path, executed: Path, target: Path) -> None:
             cells.append(code.pop(0))
     old.cells = cells
     store.write_text(target, nbformat.writes(old))
+
+
+# Printed lines that depend on the moment, not on the computation: timings, downloads, fetch reports.
+_VOLATILE = re.compile(r"\d s\b|seconds|\bms\b|getting (MNIST|Fashion-MNIST)|latentbook: |it/s|s/it")
+
+
+def printed(path: Path) -> list[list[str]]:
+    """What each code cell of an executed notebook printed (stdout), less the lines that depend on the
+    moment (timings, downloads): two executions of the same chapter on the same weights print the same."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", []):
+            text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
+                           and o.get("name") == "stdout")
+            cells.append([line for line in text.splitlines() if not _VOLATILE.search(line)])
+    return cells
 
 
 @dataclass

@@ -13,7 +13,6 @@ A tampered published file is refused, the model trained instead, and the reason 
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -96,19 +95,6 @@ latentbook.train.fit = latentbook.classifier.fit = _refuse
 """
 
 
-def _printed(path: Path) -> list[list[str]]:
-    """Each code cell's printed lines, less what depends on the moment (timings, downloads, fetches)."""
-    nb = nbformat.read(path, as_version=4)
-    volatile = re.compile(r"\d s\b|seconds|\bms\b|getting (MNIST|Fashion-MNIST)|latentbook: |it/s|s/it")
-    cells = []
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", []):
-            text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
-                           and o.get("name") == "stdout")
-            cells.append([line for line in text.splitlines() if not volatile.search(line)])
-    return cells
-
-
 @pytest.fixture(scope="module")
 def published(smoke_build, serve):
     """``(url, models folder)`` of the published (smoke) book, served on 127.0.0.1."""
@@ -154,7 +140,7 @@ def test_chapter_runs_from_a_fresh_start_on_published_weights(colab, published, 
     url, _ = published
     out = _fresh_start(stem, tmp_path, monkeypatch, jupyter_path, url, guard=True)
     # every claim held (a false one stops the chapter) and every printed figure is the published one
-    assert _printed(out) == _printed(ROOT / "_executed" / "smoke" / f"{stem}.ipynb")
+    assert build.printed(out) == build.printed(ROOT / "_executed" / "smoke" / f"{stem}.ipynb")
     stored = _stored(tmp_path)
     used = json.loads((ROOT / "_executed" / "smoke" / f"{stem}.json").read_text())["entries"]
     assert set(stored) == set(used)  # all it needed came from the published book...
