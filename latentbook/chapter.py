@@ -54,7 +54,8 @@ def start(MODE: str = "full", DEVICE: str = "auto", DATASET: str = "mnist", SEED
 def dependencies() -> dict:
     """What this process has used so far: the ``latentbook`` modules it imported and the store
     entries it read or wrote (``{key: checksum}``)."""
-    modules = sorted(m for m in sys.modules if m == "latentbook" or m.startswith("latentbook."))
+    # list() copies the keys in one step: another thread may be importing while a cell ends.
+    modules = sorted(m for m in list(sys.modules) if m == "latentbook" or m.startswith("latentbook."))
     return {"modules": modules, "entries": store.used()}
 
 
