@@ -268,33 +268,182 @@ class ChapterRun:
     status: str  # "executed", "up to date" or "prose updated"
 
 
-# A cell of a smoke-mode chapter takes seconds; one that has had no reply for this long is stuck.
-SMOKE_CELL_TIMEOUT_S = 600
+def code_cell_lines(md: Path) -> list[int]:
+    """The line of a MyST source (1-based) where each code cell's code begins, in cell order: how a
+    cell of the executed notebook is named to the person who edits ``book/<stem>.md``."""
+    import jupytext
+
+    sources = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
+    lines = md.read_text().splitlines()
+    markers = [i for i, line in enumerate(lines) if line.startswith("```{code-cell}")]
+    found = []
+    for source, marker in zip(sources, markers):
+        first = next((line for line in source.splitlines() if line.strip()), "")
+        # After the marker come the cell's options (``:tags: [...]`` or a ``---`` block), then its code.
+        at = next((j for j in range(marker + 1, len(lines)) if lines[j] == first or lines[j].startswith("```")),
+                  marker + 1)
+        found.append(at + 1)
+    return found
+
+
+class CellProgress:
+    """Reports a chapter's execution on ``stream`` (stderr): cells done out of the total, the time
+    elapsed and, once a cell has run for ``LONG_S``, that cell and its line in ``book/<stem>.md``.
+
+    In a terminal one line is redrawn each second; in a log (CI, a pipe) a line is written when a cell
+    turns long and each ``EVERY_S`` while it runs, so a 20-minute chapter is never silent for long.
+    Passed to papermill as nbclient's cell hooks; it also names the cell a failure happened in.
+    """
+
+    LONG_S = 20.0
+    EVERY_S = 60.0
+
+    def __init__(self, stem: str, md: Path, stream=None):
+        self.stem, self.md, self.stream = stem, md, stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.lines = code_cell_lines(md)
+        self.where: dict[int, tuple[int, int]] = {}  # executed cell index -> (code cell number, md line)
+        self.total = len(self.lines)
+        self.done = 0
+        self.current: int | None = None
+        self.started = self.cell_started = time.monotonic()
+        self.reported = 0.0
+        self._stop = None
+
+    # nbclient hooks (called in papermill's event loop)
+    def on_notebook_start(self, notebook, **_):
+        n = 0
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", []):
+                self.where[index] = (n + 1, self.lines[n] if n < len(self.lines) else 0)
+                n += 1
+
+    def on_cell_execute(self, cell, cell_index, **_):
+        self.current, self.cell_started, self.reported = cell_index, time.monotonic(), 0.0
+
+    def on_cell_executed(self, cell, cell_index, **_):  # (nbclient's on_cell_complete fires on sending)
+        if cell_index in self.where:
+            self.done = max(self.done, self.where[cell_index][0])
+        self.current = None
+
+    def hooks(self) -> dict:
+        return {"on_notebook_start": self.on_notebook_start, "on_cell_execute": self.on_cell_execute,
+                "on_cell_executed": self.on_cell_executed}
+
+    def locate(self, cell_index: int | None) -> str:
+        """``"cell 23 of 61 (book/vae.md, line 312)"`` for an executed notebook's cell index."""
+        number, line = self.where.get(cell_index, (None, None)) if cell_index is not None else (None, None)
+        if number is None:
+            return "a cell papermill added (its parameters)" if cell_index is not None else "no cell"
+        return f"cell {number} of {self.total} (book/{self.md.name}, line {line})"
+
+    def status(self) -> str:
+        now = time.monotonic()
+        text = f"{self.stem}: {self.done}/{self.total} cells, {_clock(now - self.started)}"
+        running = now - self.cell_started
+        if self.current is not None and running >= self.LONG_S:
+            text += f"; running {self.locate(self.current)} for {_clock(running)}"
+        return text
+
+    def _tick(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + self.status()[: shutil.get_terminal_size().columns - 1])
+            self.stream.flush()
+            return
+        running = time.monotonic() - self.cell_started
+        due = self.reported + self.EVERY_S if self.reported else self.LONG_S
+        if self.current is not None and running >= due:
+            self.reported = running
+            print(self.status(), file=self.stream, flush=True)
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.wait(1.0):
+                self._tick()
+
+        self._thread = threading.Thread(target=loop, name=f"progress-{self.stem}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def failure_message(stem: str, exc: BaseException, progress: CellProgress, kept: Path) -> str:
+    """What a failed chapter reports: the chapter, the cell's number, the line of ``book/<stem>.md``
+    the error was raised on, the exception, and where the partly executed notebook is kept."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        where = progress.locate(exc.cell_index)
+        number, start = progress.where.get(exc.cell_index, (None, None))
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(exc.traceback))
+        # IPython names the cell's own frames "Cell In[<execution count>], line <n>"; the last is the
+        # innermost line of the cell (deeper frames are in the package).
+        hits = re.findall(rf"Cell In\[{exc.exec_count}\], line (\d+)", tb)
+        if number is not None and hits:
+            where = f"cell {number} of {progress.total} (book/{stem}.md, line {start + int(hits[-1]) - 1})"
+        what = f"{exc.ename}: {exc.evalue}"
+        context = "\n".join(tb.strip().splitlines()[-12:])
+    else:  # the kernel died, a cell timed out, papermill itself failed
+        where = progress.locate(progress.current)
+        what = f"{type(exc).__name__}: {exc}".strip()
+        context = ""
+    message = f"chapter {stem!r} failed in {where}: {what}"
+    if context:
+        message += "\n" + context
+    return message + f"\n(the partly executed notebook is kept as {kept})"
+
+
+def kernel_manager_class():
+    """Kernels over Unix sockets in a private folder where the platform has them: no TCP port can be
+    taken by another process between choosing it and the kernel binding it, and the kernel's warning
+    about unencrypted TCP does not apply. Elsewhere (Windows) papermill's default, over TCP."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if sys.platform == "win32":
+        return AsyncKernelManager
+
+    class UnixSocketKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            # Absolute and short (a socket path has at most 107 bytes); the kernel and papermill run
+            # in different folders, so a relative path would name two different files.
+            self._socket_dir = tempfile.mkdtemp(prefix="latentbook-kernel-")
+            self.ip = os.path.join(self._socket_dir, "k")
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart)
+            if not restart:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    return UnixSocketKernelManager
 
 
 def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_name: str = "python3",
-                 log=print) -> None:
-    """Execute ``source`` into ``target`` with papermill, injecting ``params``.
-
-    Rarely, the Jupyter stack loses a message: papermill then waits forever on an idle kernel (seen
-    once here, in a cell displaying ipywidgets; papermill issues #711, #684). In smoke mode a cell
-    with no reply for ``SMOKE_CELL_TIMEOUT_S`` is therefore stopped and the chapter executed once
-    more, from the start, on a new kernel. Full mode has no limit: its cells may train for minutes.
-    """
+                 progress: CellProgress | None = None) -> None:
+    """Execute ``source`` into ``target`` with papermill, injecting ``params``; ``progress`` receives
+    nbclient's cell hooks."""
     import papermill
-    from nbclient.exceptions import CellTimeoutError
 
-    timeout = SMOKE_CELL_TIMEOUT_S if params.get("MODE") == "smoke" else None
-    for attempt in (1, 2):
-        try:
-            papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name=kernel_name,
-                                       cwd=str(cwd), progress_bar=False, report_mode=False,
-                                       execution_timeout=timeout)
-            return
-        except CellTimeoutError:
-            if attempt == 2:
-                raise
-            log(f"{source.stem}: a cell had no reply from the kernel in {timeout} s; executing the chapter again")
+    papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name=kernel_name,
+                               cwd=str(cwd), progress_bar=False, report_mode=False,
+                               kernel_manager_class=kernel_manager_class(),
+                               **(progress.hooks() if progress else {}))
 
 
 def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None = None, force: bool = False,
@@ -308,6 +457,10 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
             raise BuildError(f"unknown chapter(s) {unknown}; the chapters are {stems}")
         stems = [s for s in stems if s in only]
     env = {"LATENTBOOK_PROGRESS": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    # What a killed run (power cut, SIGKILL) left: papermill's temporary notebooks and dependency
+    # records. The caller holds the build lock, so no live run owns them.
+    for leftover in [*out_dir.glob(".*.tmp.ipynb"), *out_dir.glob(".*.dependencies.json")]:
+        leftover.unlink(missing_ok=True)
     runs = []
     for stem in stems:
         target, stamp = out_dir / f"{stem}.ipynb", out_dir / f"{stem}.json"
@@ -332,17 +485,21 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
         start = time.perf_counter()
         old_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env, LATENTBOOK_DEPENDENCIES=str(record))
+        progress = CellProgress(stem, root / "book" / f"{stem}.md")
         try:
             # papermill writes into a temporary file that becomes the executed notebook only when the
             # chapter ends well: an interrupted or failed run never leaves a half-executed chapter.
-            with store.atomic_path(target) as partial:
+            with store.atomic_path(target) as partial, progress:
                 try:
-                    run_notebook(root / "notebooks" / f"{stem}.ipynb", partial, params, cwd=out_dir, log=log)
-                except Exception as exc:  # papermill's error names the failing cell; keep that notebook
+                    run_notebook(root / "notebooks" / f"{stem}.ipynb", partial, params, cwd=out_dir,
+                                 progress=progress)
+                except Exception as exc:
                     if partial.is_file():
                         shutil.copyfile(partial, failed)
-                    raise BuildError(f"chapter {stem!r} failed: {exc}\n(the partly executed notebook is {failed})") from exc
+                    raise BuildError(failure_message(stem, exc, progress, failed)) from exc
         finally:
+            if sys.exc_info()[0] is not None:
+                record.unlink(missing_ok=True)
             os.environ.pop("LATENTBOOK_DEPENDENCIES", None)
             for k, v in old_env.items():
                 if v is None:
@@ -361,6 +518,7 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
             "seconds": seconds, "modules": {m: meanings.get(m) or module_fingerprint(m) for m in used["modules"]},
             "entries": used["entries"]}, indent=1))
         runs.append(ChapterRun(stem, seconds, "executed"))
+        log(f"executed {stem}: {progress.total} code cells in {seconds:.1f} s")
     return runs
 
 
@@ -509,13 +667,17 @@ def build(root: Path | None = None, params: dict | None = None, *, only: list[st
         raise BuildError("the chapters and their notebooks are out of step:\n  " + "\n  ".join(problems))
     mode = params["MODE"]
     executed = root / "_executed" / mode
-    runs = execute(root, params, executed, only=only, force=force, log=log)
-    html = None
-    if site:
-        start = time.perf_counter()
-        html = build_site(root, executed, root / "_build" / mode, log=log)
-        export_models(root, executed, html / "models", log=log)
-        runs.append(ChapterRun("(site build)", time.perf_counter() - start, "built"))
+    # One build at a time per checkout: a second waits rather than write the same notebooks and site.
+    with store.lock(root / "_executed" / ".build.lock",
+                    waiting="another build is running in this checkout ({holder}); waiting for it to finish",
+                    log=log):
+        runs = execute(root, params, executed, only=only, force=force, log=log)
+        html = None
+        if site:
+            start = time.perf_counter()
+            html = build_site(root, executed, root / "_build" / mode, log=log)
+            export_models(root, executed, html / "models", log=log)
+            runs.append(ChapterRun("(site build)", time.perf_counter() - start, "built"))
     return html, runs
 
 

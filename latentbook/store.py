@@ -96,21 +96,38 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on the store folder's ``.lock`` file while ``path`` and its description are
-    written (POSIX; elsewhere none is taken, and each file is still whole)."""
+def lock(path: str | os.PathLike, *, waiting: str | None = None, log=None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) until the block ends; the
+    operating system releases it when the process dies, so a killed holder never blocks anyone.
+    When another process holds it, ``log(waiting.format(holder=...))`` is called once before waiting.
+    POSIX only; elsewhere no lock is taken (every write is still atomic)."""
     try:
         import fcntl
-    except ImportError:  # Windows: atomic replaces still keep every file whole
+    except ImportError:
         yield
         return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    with open(path, "a+") as f:
         try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting and log:
+                f.seek(0)
+                log(waiting.format(holder=f.read().strip() or "another process"))
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            f.truncate(0)
+            f.write(f"pid {os.getpid()}")
+            f.flush()
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
+    """The store folder's lock, held while ``path`` and its description are written."""
+    return lock(path.parent / ".lock")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:

@@ -109,3 +109,35 @@ def edited_package_copy(tmp_path: Path) -> Path:
             text = text.replace(doc, doc + "\n\nEdited for a test.", 1)
         path.write_text(text + "\n# a comment added by a test: it must change no key\n")
     return copy
+
+
+NBVAL_SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+NBVAL_TAG = "nbval-check-output"
+
+
+def run_nbval(executed: Path, stems, folder: Path, *, models: Path | None = None, edit=None):
+    """Execute copies of the executed notebooks ``executed/<stem>.ipynb`` again under nbval, in ``folder``
+    (chapters write files beside themselves), comparing the cells tagged ``nbval-check-output`` with the
+    recorded outputs. ``models``: the store to use (an empty folder retrains every model); ``edit(nb)``
+    may change a copy first. Returns the finished ``subprocess.CompletedProcess``."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        nb = nbformat.read(executed / f"{stem}.ipynb", as_version=4)
+        if edit:
+            edit(nb)
+        nbformat.write(nb, folder / f"{stem}.ipynb")
+    env = {**os.environ, "LATENTBOOK_PROGRESS": "0", "LATENTBOOK_MODELS_URL": "off",
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    env.pop("LATENTBOOK_DEPENDENCIES", None)
+    if models is not None:
+        env["LATENTBOOK_MODELS"] = str(models)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+         "--nbval-sanitize-with", str(NBVAL_SANITIZE), "--nbval-cell-timeout", "3600",
+         *[f"{stem}.ipynb" for stem in stems]],
+        cwd=folder, capture_output=True, text=True, env=env)

@@ -15,7 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import SMOKE, assert_drawn_as_pytorch_decodes, click_explorer, edited_package_copy
+from conftest import (SMOKE, assert_drawn_as_pytorch_decodes, click_explorer, edited_package_copy,
+                      run_nbval)
 from latentbook import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,30 @@ def test_a_failing_chapter_names_itself_and_keeps_its_notebook(tmp_path):
     assert (out / "data.failed.ipynb").is_file()
     assert (out / "data.ipynb").read_bytes() == before  # the last good execution is kept, whole
     assert not list(out.glob(".*.tmp*"))
+
+
+def test_nbval_same_seed_same_cpu_same_numbers(smoke_build, tmp_path):
+    """nbval executes every smoke chapter again, every model trained anew in an empty store from the same
+    seed, and the cells that print or glue the chapters' key numbers print what papermill recorded."""
+    store = tmp_path / "empty-store"
+    proc = run_nbval(ROOT / "_executed" / "smoke", CHAPTERS, tmp_path / "again", models=store)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    cells = sum(1 for stem in CHAPTERS for c in nbformat.read(ROOT / "_executed" / "smoke" / f"{stem}.ipynb",
+                                                                as_version=4).cells
+                if c.cell_type == "code" and c.source.strip())
+    assert f"{cells} passed" in proc.stdout, proc.stdout[-2000:]
+    assert len(list(store.glob("*.pt"))) >= 20  # the models were trained again, not read back
+
+
+def test_nbval_catches_a_changed_seed(smoke_build, tmp_path):
+    def seed_1(nb):
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert "SEED = 0" in injected.source
+        injected.source = injected.source.replace("SEED = 0", "SEED = 1")
+
+    proc = run_nbval(ROOT / "_executed" / "smoke", ["elbo"], tmp_path, edit=seed_1)
+    assert proc.returncode == 1 and " failed" in proc.stdout, proc.stdout[-3000:]
+    assert "ELBO by sampling" in proc.stdout  # the tagged cell whose Monte Carlo estimate moved
 
 
 def test_the_site_publishes_the_models_the_book_used(smoke_build):
