@@ -134,10 +134,12 @@ def run_nbval(executed: Path, stems, folder: Path, *, models: Path | None = None
     env = {**os.environ, "LATENTBOOK_PROGRESS": "0", "LATENTBOOK_MODELS_URL": "off",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     env.pop("LATENTBOOK_DEPENDENCIES", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     if models is not None:
         env["LATENTBOOK_MODELS"] = str(models)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nbval_history", "--nbval-lax",
+         "--nbval-current-env",
          "--nbval-sanitize-with", str(NBVAL_SANITIZE), "--nbval-cell-timeout", "3600",
          *[f"{stem}.ipynb" for stem in stems]],
         cwd=folder, capture_output=True, text=True, env=env)

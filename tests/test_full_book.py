@@ -41,3 +41,16 @@ def test_full_mode_claims_held(stem):
     # a claim inside a loop prints once per pass: at least one "checked" line per claim() call
     assert text.count("checked: ") >= claims, (stem, claims, text.count("checked: "))
     assert 'MODE = "full"' in "".join(c.source for c in nb.cells)
+
+
+@pytest.mark.slow
+def test_nbval_on_the_full_execution(tmp_path):
+    """nbval on the published execution, where one is current here: every full chapter executed again on
+    the stored models (retraining all of them would take most of an hour) prints the same key numbers."""
+    from conftest import run_nbval
+
+    stems = [stem for stem in build.chapters(ROOT) if _current(stem)]
+    if not stems:
+        pytest.skip("no current full-mode execution here (run `make book`)")
+    proc = run_nbval(FULL, stems, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:]
