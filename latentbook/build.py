@@ -408,42 +408,18 @@ def failure_message(stem: str, exc: BaseException, progress: CellProgress, kept:
     return message + f"\n(the partly executed notebook is kept as {kept})"
 
 
-def kernel_manager_class():
-    """Kernels over Unix sockets in a private folder where the platform has them: no TCP port can be
-    taken by another process between choosing it and the kernel binding it, and the kernel's warning
-    about unencrypted TCP does not apply. Elsewhere (Windows) papermill's default, over TCP."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    if sys.platform == "win32":
-        return AsyncKernelManager
-
-    class UnixSocketKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.transport = "ipc"
-            # Absolute and short (a socket path has at most 107 bytes); the kernel and papermill run
-            # in different folders, so a relative path would name two different files.
-            self._socket_dir = tempfile.mkdtemp(prefix="latentbook-kernel-")
-            self.ip = os.path.join(self._socket_dir, "k")
-
-        async def _async_cleanup_resources(self, restart: bool = False) -> None:
-            await super()._async_cleanup_resources(restart)
-            if not restart:
-                shutil.rmtree(self._socket_dir, ignore_errors=True)
-
-    return UnixSocketKernelManager
-
-
 def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_name: str = "python3",
                  progress: CellProgress | None = None) -> None:
-    """Execute ``source`` into ``target`` with papermill, injecting ``params``; ``progress`` receives
-    nbclient's cell hooks."""
+    """Execute ``source`` into ``target`` with papermill, injecting ``params``, on a
+    :class:`latentbook.kernels.KernelManager` kernel (Unix sockets; a client that cannot miss a reply);
+    ``progress`` receives nbclient's cell hooks. No cell has a time limit: full-mode cells train for minutes."""
     import papermill
+
+    from latentbook.kernels import KernelManager
 
     papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name=kernel_name,
                                cwd=str(cwd), progress_bar=False, report_mode=False,
-                               kernel_manager_class=kernel_manager_class(),
-                               **(progress.hooks() if progress else {}))
+                               kernel_manager_class=KernelManager, **(progress.hooks() if progress else {}))
 
 
 def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None = None, force: bool = False,
