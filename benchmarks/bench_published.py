@@ -48,8 +48,7 @@ def serve(folder: Path) -> str:
 
 def execute(stem: str, params: dict, out: Path) -> float:
     t0 = time.perf_counter()
-    build.run_notebook(ROOT / "notebooks" / f"{stem}.ipynb", out / f"{stem}.ipynb", params, cwd=out,
-                       log=lambda *a: None)
+    build.run_notebook(ROOT / "notebooks" / f"{stem}.ipynb", out / f"{stem}.ipynb", params, cwd=out)
     return time.perf_counter() - t0
 
 
