@@ -8,6 +8,7 @@ chapter's notebook is copied alone into an empty folder and executed there with 
 mode) on a kernel of that venv, with fresh data and model stores (a new Colab runtime has neither).
 The published book is this checkout's smoke build, its ``models/`` served on 127.0.0.1: nothing may
 train (the trainers raise), every claim holds, and every printed figure equals the published page's.
+Where a full build was made here, every chapter does the same in full mode on its exported models.
 A tampered published file is refused, the model trained instead, and the reason printed.
 """
 
@@ -103,7 +104,8 @@ def published(smoke_build, serve):
     return serve(html) + "/models/", html / "models"
 
 
-def _fresh_start(stem: str, tmp_path: Path, monkeypatch, jupyter_path: Path, url: str, *, guard: bool) -> Path:
+def _fresh_start(stem: str, tmp_path: Path, monkeypatch, jupyter_path: Path, url: str, *, guard: bool,
+                 params: dict = SMOKE) -> Path:
     """Execute ``stem`` alone in an empty folder on the Colab-like kernel, with empty data and model
     stores and ``url`` as the published address; ``guard``: make every trainer raise."""
     folder = tmp_path / "content"  # Colab's working folder, empty but for the notebook
@@ -124,7 +126,7 @@ def _fresh_start(stem: str, tmp_path: Path, monkeypatch, jupyter_path: Path, url
     monkeypatch.setenv("LATENTBOOK_MODELS_URL", url)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     out = folder / f"{stem}.out.ipynb"
-    build.run_notebook(notebook, out, SMOKE, cwd=folder, kernel_name="colab-fresh")
+    build.run_notebook(notebook, out, params, cwd=folder, kernel_name="colab-fresh")
     return out
 
 
@@ -145,6 +147,26 @@ def test_chapter_runs_from_a_fresh_start_on_published_weights(colab, published, 
     used = json.loads((ROOT / "_executed" / "smoke" / f"{stem}.json").read_text())["entries"]
     assert set(stored) == set(used)  # all it needed came from the published book...
     assert all(d["source"] == f"fetched from {url}" for d in stored.values())  # ...and nothing was made here
+
+
+FULL_SITE, FULL_EXECUTED = ROOT / "_build" / "full" / "html", ROOT / "_executed" / "full"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_full_chapter_runs_from_a_fresh_start_on_the_published_full_book(colab, serve, stem, tmp_path, monkeypatch):
+    """The same on the published book itself, where a full build (``make book``) was made here: its
+    exported models served, the chapter in full mode with the parameters it was published with."""
+    stamp = FULL_EXECUTED / f"{stem}.json"
+    if not ((FULL_SITE / "models" / store.MANIFEST).is_file() and stamp.is_file()):
+        pytest.skip("no full build here (make book)")
+    params = json.loads(stamp.read_text())["params"]
+    url = serve(FULL_SITE) + "/models/"
+    _, jupyter_path = colab
+    out = _fresh_start(stem, tmp_path, monkeypatch, jupyter_path, url, guard=True, params=params)
+    assert build.printed(out) == build.printed(FULL_EXECUTED / f"{stem}.ipynb")
+    stored = _stored(tmp_path)
+    assert set(stored) == set(json.loads(stamp.read_text())["entries"])
+    assert all(d["source"] == f"fetched from {url}" for d in stored.values())
 
 
 def test_the_guard_would_catch_training(colab, tmp_path, monkeypatch):
