@@ -21,6 +21,10 @@ def _build(args) -> int:
     except build.BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the chapter that was executing keeps its last complete execution (if any); "
+              "the next build resumes there", file=sys.stderr)
+        return 130
     print()
     print(build.timing_table(runs))
     print(f"\ntotal {time.perf_counter() - start:.1f} s")

@@ -408,6 +408,11 @@ def failure_message(stem: str, exc: BaseException, progress: CellProgress, kept:
     return message + f"\n(the partly executed notebook is kept as {kept})"
 
 
+# After a cell's reply, how long its last outputs may take to arrive. nbclient allows 4 s and papermill fails
+# the chapter then; a widget cell's hundreds of messages took longer than that on a loaded 2-core machine.
+IOPUB_TIMEOUT_S = 120
+
+
 def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_name: str = "python3",
                  progress: CellProgress | None = None) -> None:
     """Execute ``source`` into ``target`` with papermill, injecting ``params``, on a
@@ -419,7 +424,8 @@ def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_
 
     papermill.execute_notebook(str(source), str(target), parameters=params, kernel_name=kernel_name,
                                cwd=str(cwd), progress_bar=False, report_mode=False,
-                               kernel_manager_class=KernelManager, **(progress.hooks() if progress else {}))
+                               kernel_manager_class=KernelManager, iopub_timeout=IOPUB_TIMEOUT_S,
+                               **(progress.hooks() if progress else {}))
 
 
 def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None = None, force: bool = False,

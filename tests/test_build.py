@@ -108,20 +108,23 @@ def test_kernels_talk_over_unix_sockets_without_the_tcp_warning(tmp_path):
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_an_interrupted_build_leaves_no_partial_notebook_and_resumes(tmp_path, how):
-    hold = tmp_path / "hold"
+    hold, running = tmp_path / "hold", tmp_path / "running"
     hold.write_text("a chapter waits while this file exists")
     root = tiny_book(tmp_path / "book", {
         "a": ["print('a ran')"],
-        "b": [f"import pathlib, time\nwhile pathlib.Path({str(hold)!r}).exists():\n    time.sleep(0.2)", "print('b ran')"]})
+        "b": [f"import pathlib, time\npathlib.Path({str(running)!r}).touch()\n"
+              f"while pathlib.Path({str(hold)!r}).exists():\n    time.sleep(0.2)", "print('b ran')"]})
     out = root / "_executed" / "smoke"
     proc = _build(root, "--no-site", start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".b.*.tmp.ipynb")):  # b is executing: papermill has written its first state
+    deadline = time.monotonic() + 300
+    while not running.exists():  # b's long cell is running
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.2)
-    time.sleep(1)
+    assert list(out.glob(".b.*.tmp.ipynb"))  # papermill's partial notebook, beside the final name
     os.killpg(proc.pid, how)  # the whole process group, as Ctrl-C in a terminal does
-    proc.communicate(timeout=60)
+    output, _ = proc.communicate(timeout=120)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted: " in output, output
     assert (out / "a.ipynb").is_file() and (out / "a.json").is_file()
     assert not (out / "b.ipynb").exists() and not (out / "b.json").exists()
     if how == signal.SIGINT:

@@ -152,3 +152,18 @@ def test_every_chapter_tags_the_cells_with_its_key_numbers():
         assert tagged, f"{md.name}: no cell tagged {NBVAL_TAG}"
         for c in tagged:
             assert "print(" in c.source or "glue(" in c.source, (md.name, c.source[:200])
+
+
+def test_the_nbval_sanitizer_masks_the_moment_and_nothing_else():
+    """tests/nbval_sanitize.cfg, applied as nbval applies it (in file order): timings and temporary paths go,
+    the numbers of the computation stay."""
+    from nbval.plugin import get_sanitize_patterns
+
+    from conftest import NBVAL_SANITIZE
+
+    text = ("parameters: MLP 1,234, conv 5,678\nseconds per epoch: MLP 7.1, conv 7.3\nfitted in 12.5 s\n"
+            "test ELBO -101.23, MSE 0.0123\nsaved to /tmp/pytest-of-root/x/out.bin\n")
+    for regex, replace in get_sanitize_patterns(NBVAL_SANITIZE.read_text()):
+        text = re.sub(regex, replace, text)
+    assert text == ("parameters: MLP 1,234, conv 5,678\nTIMING\nfitted in DURATION\n"
+                    "test ELBO -101.23, MSE 0.0123\nsaved to PATH\n")
