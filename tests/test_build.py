@@ -64,9 +64,16 @@ def tiny_book(root: Path, chapters: dict[str, list[str]]) -> Path:
     return root
 
 
+def _as_in_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and exec keeps it so: a test suite run in the
+    # background would otherwise hand the build a Ctrl-C it cannot hear. A terminal's foreground job hears it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _build(root: Path, *extra: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "latentbook", "build", "--mode", "smoke", "--device", "cpu", *extra],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_as_in_a_terminal, **kwargs)
 
 
 def test_code_cells_are_named_by_their_line_in_the_source(tmp_path):
