@@ -12,7 +12,10 @@ Two changes from jupyter_client's ``AsyncKernelManager``, each for a measured re
    A fresh ``poll()`` reads ``ZMQ_EVENTS`` itself, so waiting in slices turns the endless wait into a delay
    of at most ``POLL_S``. Measured with a widget-heavy notebook under CPU load: 8 of 24 runs hung without
    this, 0 of 35 with it (``tests/test_kernels.py`` repeats the stress).
-2. **Unix sockets in a private folder instead of TCP ports** (where the platform has them): no port can be
+2. **No receive limit on the client's sockets.** ZMQ's publisher drops messages when the subscriber's queue
+   and its own (1,000 each by default) are full; a cell that creates hundreds of widgets on a loaded CPU
+   filled them, its final "idle" was lost, and papermill failed the chapter after its IOPub timeout.
+3. **Unix sockets in a private folder instead of TCP ports** (where the platform has them): no port can be
    taken by another process between being chosen and being bound, and the kernel's warning about
    unencrypted TCP does not apply. This alone does not prevent the hang above.
 """
@@ -26,6 +29,8 @@ import tempfile
 import time
 from queue import Empty
 
+import zmq
+import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
@@ -48,6 +53,15 @@ class SlicedWaitChannel(AsyncZMQSocketChannel):
 
 
 class KernelClient(AsyncKernelClient):
+    @default("context")
+    def _context_default(self) -> zmq.asyncio.Context:
+        # No receive limit on this client's sockets: ZMQ drops a publisher's messages once the subscriber's
+        # queue (1,000 by default) and its own are full, and a widget cell's hundreds of comm messages on
+        # a loaded CPU filled them: the cell's final "idle" was lost and papermill failed the chapter.
+        context = super()._context_default()
+        context.setsockopt(zmq.RCVHWM, 0)
+        return context
+
     shell_channel_class = Type(SlicedWaitChannel)
     iopub_channel_class = Type(SlicedWaitChannel)
     stdin_channel_class = Type(SlicedWaitChannel)

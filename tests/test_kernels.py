@@ -107,3 +107,18 @@ def test_the_widget_chapters_never_hang_under_load(smoke_build, tmp_path, stem):
     with cpu_load():
         for i in range(2):
             _execute(source, tmp_path / f"{stem}-{i}.ipynb", SMOKE)
+
+
+def test_the_client_neither_drops_messages_nor_uses_tcp():
+    """The client's sockets have no receive limit (a full queue made ZMQ drop a cell's final "idle"), and
+    the kernel talks over Unix sockets."""
+    from latentbook.kernels import KernelManager
+
+    km = KernelManager()
+    kc = km.client()
+    iopub = kc.connect_iopub()
+    try:
+        assert iopub.rcvhwm == 0 and km.transport == "ipc" and os.path.isabs(km.ip)
+    finally:
+        iopub.close()
+        kc.context.term()
