@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((site / "models" / store.MANIFEST).read_text())
     url = serve(site)
     stems = args.chapters or build.chapters(ROOT)
-    os.environ.update(LATENTBOOK_PROGRESS="0", LATENTBOOK_MODELS_URL=url, PYDEVD_DISABLE_FILE_VALIDATION="1",
-                      MPLBACKEND="module://matplotlib_inline.backend_inline")
+    os.environ.update(build.KERNEL_ENV, LATENTBOOK_MODELS_URL=url)
     info = machine_info()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="latentbook-bench-") as tmp:

@@ -330,12 +330,13 @@ class CellProgress:
         return {"on_notebook_start": self.on_notebook_start, "on_cell_execute": self.on_cell_execute,
                 "on_cell_executed": self.on_cell_executed}
 
-    def locate(self, cell_index: int | None) -> str:
-        """``"cell 23 of 61 (book/vae.md, line 312)"`` for an executed notebook's cell index."""
+    def locate(self, cell_index: int | None, line_in_cell: int = 1) -> str:
+        """``"cell 23 of 61 (book/vae.md, line 312)"`` for an executed notebook's cell index; the line is
+        the cell's first, or its ``line_in_cell``-th."""
         number, line = self.where.get(cell_index, (None, None)) if cell_index is not None else (None, None)
         if number is None:
             return "a cell papermill added (its parameters)" if cell_index is not None else "no cell"
-        return f"cell {number} of {self.total} (book/{self.md.name}, line {line})"
+        return f"cell {number} of {self.total} (book/{self.md.name}, line {line + line_in_cell - 1})"
 
     def status(self) -> str:
         now = time.monotonic()
@@ -388,14 +389,11 @@ def failure_message(stem: str, exc: BaseException, progress: CellProgress, kept:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        where = progress.locate(exc.cell_index)
-        number, start = progress.where.get(exc.cell_index, (None, None))
         tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(exc.traceback))
         # IPython names the cell's own frames "Cell In[<execution count>], line <n>"; the last is the
         # innermost line of the cell (deeper frames are in the package).
         hits = re.findall(rf"Cell In\[{exc.exec_count}\], line (\d+)", tb)
-        if number is not None and hits:
-            where = f"cell {number} of {progress.total} (book/{stem}.md, line {start + int(hits[-1]) - 1})"
+        where = progress.locate(exc.cell_index, int(hits[-1]) if hits else 1)
         what = f"{exc.ename}: {exc.evalue}"
         context = "\n".join(tb.strip().splitlines()[-12:])
     else:  # the kernel died, a cell timed out, papermill itself failed
@@ -409,8 +407,14 @@ def failure_message(stem: str, exc: BaseException, progress: CellProgress, kept:
 
 
 # After a cell's reply, how long its last outputs may take to arrive. nbclient allows 4 s and papermill fails
-# the chapter then; a widget cell's hundreds of messages took longer than that on a loaded 2-core machine.
+# the chapter then; on a loaded 2-core machine a widget cell's hundreds of messages can take longer to be
+# read (none is lost: see latentbook.kernels).
 IOPUB_TIMEOUT_S = 120
+
+# The environment a chapter's kernel runs in, wherever it is executed (build, tests, benchmarks): no progress
+# bars, no debugger warning, figures drawn inline into the notebook.
+KERNEL_ENV = {"LATENTBOOK_PROGRESS": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+              "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
 
 
 def run_notebook(source: Path, target: Path, params: dict, *, cwd: Path, kernel_name: str = "python3",
@@ -438,7 +442,7 @@ def execute(root: Path, params: dict, out_dir: Path, *, only: list[str] | None =
         if unknown:
             raise BuildError(f"unknown chapter(s) {unknown}; the chapters are {stems}")
         stems = [s for s in stems if s in only]
-    env = {"LATENTBOOK_PROGRESS": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = KERNEL_ENV
     # What a killed run (power cut, SIGKILL) left: papermill's temporary notebooks and dependency
     # records. The caller holds the build lock, so no live run owns them.
     for leftover in [*out_dir.glob(".*.tmp.ipynb"), *out_dir.glob(".*.dependencies.json")]:

@@ -125,11 +125,6 @@ def lock(path: str | os.PathLike, *, waiting: str | None = None, log=None) -> It
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
-    """The store folder's lock, held while ``path`` and its description are written."""
-    return lock(path.parent / ".lock")
-
-
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
@@ -287,7 +282,7 @@ def put(config: dict[str, Any], tensors: dict[str, Tensor], info: dict[str, Any]
     entry = Entry(key, config, tensors, info, meta, checksum(tensors, info))
     path = folder(folder_) / f"{key}.pt"
     try:
-        with _locked(path):  # two writers of one entry: the .pt and its .json come from the same one
+        with lock(path.parent / ".lock"):  # two writers of one entry: the .pt and its .json come from the same one
             with atomic_path(path) as tmp:
                 torch.save({"format": FORMAT, "config": config, "tensors": tensors, "info": info, "meta": meta,
                             "checksum": entry.checksum}, tmp)

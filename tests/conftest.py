@@ -131,8 +131,9 @@ def run_nbval(executed: Path, stems, folder: Path, *, models: Path | None = None
         if edit:
             edit(nb)
         nbformat.write(nb, folder / f"{stem}.ipynb")
-    env = {**os.environ, "LATENTBOOK_PROGRESS": "0", "LATENTBOOK_MODELS_URL": "off",
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    from latentbook.build import KERNEL_ENV
+
+    env = {**os.environ, **KERNEL_ENV, "LATENTBOOK_MODELS_URL": "off"}
     env.pop("LATENTBOOK_DEPENDENCIES", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     if models is not None:

@@ -6,6 +6,7 @@ waiting forever for a reply the kernel had sent; see the module's docstring), wh
 sockets.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import nbformat
 import pytest
 
 from conftest import SMOKE
+from latentbook.build import KERNEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 12
@@ -73,12 +75,9 @@ def cpu_load(processes: int = 2):
 
 def _execute(source: Path, target: Path, params: dict) -> float:
     """One ``build.run_notebook`` in its own process, killed if it outlives the watchdog."""
-    env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline", "LATENTBOOK_PROGRESS": "0",
-           "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    env = {**os.environ, **KERNEL_ENV}
     code = ("import sys, json; from pathlib import Path; from latentbook import build; "
             "build.run_notebook(Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), cwd=Path(sys.argv[2]).parent)")
-    import json
-
     start = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-c", code, str(source), str(target), json.dumps(params)],

@@ -124,8 +124,8 @@ def test_worked_example_by_hand(solver):
     The 2x2 eigenvalues come from trace and determinant: λ = (t ± sqrt(t² - 4 det)) / 2 with
     t = 10/3, det = 7/3 - 9/4 = 1/12, so λ = 3.308 and 0.025; the first eigenvector solves
     (1 - λ1) v1 + 1.5 v2 = 0 -> (0.545, 0.838); projections of the centred rows onto it are
-    (-1.663, -0.279, 1.942). (CURRICULUM.md's 3.116 / 0.216, (0.464, 0.886) and (1.161, 0.300, -1.461)
-    are not consistent with this X: their product 0.673 is not det = 1/12.)
+    (-1.663, -0.279, 1.942). (Eigenvalues 3.116 and 0.216, sometimes quoted for this X, cannot be
+    right: their product 0.673 is not det = 1/12.)
     """
     X = torch.tensor([[1.0, 2.0], [2.0, 3.0], [3.0, 5.0]], dtype=torch.float64)
     pca = PCA(solver=solver).fit(X)
