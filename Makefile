@@ -14,13 +14,18 @@ DATASET ?= mnist
 SEED   ?= 0
 APT_PACKAGES := chromium dataset-fashion-mnist
 
-.PHONY: book test env system serve sync check warm cache-info cache-clear clean
+.PHONY: book test publish env system serve sync check warm cache-info cache-clear clean
 
 book: env system
 	$(PY) -m latentbook build --mode $(MODE) --device $(DEVICE) --dataset $(DATASET) --seed $(SEED)
 
 test: env system
 	$(PY) -m pytest -q
+
+# The full book, its published models, the Colab edition (committed to the local branch `colab`) and the
+# student edition; refuses, naming what to set, while _config.yml's addresses are placeholders.
+publish: env system
+	$(PY) -m latentbook publish
 
 env: $(VENV)/.installed
 

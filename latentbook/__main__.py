@@ -1,7 +1,8 @@
-"""Command line: ``python -m latentbook {build,check,sync,data,warm,cache}``.
+"""Command line: ``python -m latentbook {build,publish,check,sync,data,warm,cache}``.
 
-``make book`` calls ``build``; instructors get every model ready with ``warm`` (fetched from the
-published book where it has them, else trained) and list or clear the store with ``cache``.
+``make book`` calls ``build``; ``make publish`` calls ``publish`` (the full book, the Colab and student
+editions, refused while an address is a placeholder); instructors get every model ready with ``warm``
+(fetched from the published book where it has them, else trained) and list or clear the store with ``cache``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def _build(args) -> int:
     params = {"MODE": args.mode, "DEVICE": args.device, "DATASET": args.dataset, "SEED": args.seed}
     start = time.perf_counter()
     try:
-        html, runs = build.build(params=params, only=args.chapters, force=args.force, site=not args.no_site)
+        html, runs = build.build(params=params, only=args.chapters, force=args.force, site=not args.no_site,
+                                 student=args.student)
     except build.BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -31,6 +33,19 @@ def _build(args) -> int:
     if html is not None:
         print(f"the site is in {html} (open {html / 'index.html'}, or `make serve`)")
     return 0
+
+
+def _publish(args) -> int:
+    from latentbook import build, publish
+
+    try:
+        return publish.publish(build.project_root())
+    except build.BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was committed; the next publish resumes the build", file=sys.stderr)
+        return 130
 
 
 def _check(args) -> int:
@@ -94,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--chapters", nargs="*", help="execute only these chapters (file stems)")
     b.add_argument("--force", action="store_true", help="execute even chapters that are up to date")
     b.add_argument("--no-site", action="store_true", help="execute only; do not build the site")
+    b.add_argument("--student", action="store_true",
+                   help="also build the student edition of the site (no solutions): _build/<mode>-student/html")
     b.set_defaults(func=_build)
+
+    sub.add_parser("publish", help="the full book, its models, the Colab and student editions; refused while "
+                   "_config.yml's addresses are placeholders").set_defaults(func=_publish)
 
     sub.add_parser("check", help="check that book/*.md and notebooks/*.ipynb are paired and output-free").set_defaults(func=_check)
     sub.add_parser("sync", help="rewrite notebooks/*.ipynb from book/*.md").set_defaults(func=_sync)

@@ -41,6 +41,8 @@ VENDOR = {
     "mathjax": ("mathjax@3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
     "requirejs": ("requirejs@2.3.7", "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw=="),
     "html-manager": ("@jupyter-widgets/html-manager@1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA=="),
+    "marked": ("marked@15.0.12", "sha512-8dD6FusOQSrpv9Z1rdNMdlSgQOIP880DHqnohobOmYLElGEqAL/JvxvuxZO16r4HtjTlfPRDC1hbvxC9dPN2nA=="),
+    "katex": ("katex@0.16.47", "sha512-Eeo8Ys1doU1z+x8AZsPpQu+p/QcZBI5PeOo7QGQdy2x2m0MU/hYagBbGOmXwr5KVbEfVuWv9LpnQWeehogurjg=="),
 }
 
 DEFAULT_PARAMS = {"MODE": "full", "DEVICE": "auto", "DATASET": "mnist", "SEED": 0}
@@ -555,13 +557,41 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
     return True
 
 
-def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
-    """Jupyter Book 1 (through Sphinx) from the executed notebooks; warnings are errors."""
+def _write_if_changed(text: str, dst: Path) -> bool:
+    if dst.is_file() and dst.read_text() == text:
+        return False
+    store.write_text(dst, text)
+    return True
+
+
+def site_config(root: Path, *, student: bool = False) -> str:
+    """``_config.yml`` as the site is built with it: the Colab buttons open the Colab edition, on the
+    repository's ``colab`` branch (``notebooks/``, or ``student/notebooks/`` for the student edition)."""
+    import yaml
+
+    from latentbook import colab
+
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    if (config.get("repository") or {}).get("url"):
+        config["repository"]["branch"] = colab.COLAB_BRANCH
+        config["repository"]["path_to_book"] = "student" if student else ""
+    if student:
+        config["title"] += " (student edition)"
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def build_site(root: Path, executed: Path, out: Path, log=print, *, student: bool = False) -> Path:
+    """Jupyter Book 1 (through Sphinx) from the executed notebooks; warnings are errors. The student
+    edition leaves out every solution and quiz answer (:func:`latentbook.colab.without_solutions`)."""
+    import nbformat
+
+    from latentbook import colab
+
     src = out / "src"
     html = out / "html"
     src.mkdir(parents=True, exist_ok=True)
-    for name in ("_config.yml", "_toc.yml"):
-        _copy_if_changed(root / name, src / name)
+    _write_if_changed(site_config(root, student=student), src / "_config.yml")
+    _copy_if_changed(root / "_toc.yml", src / "_toc.yml")
     for extra in ("references.bib",):
         if (root / extra).is_file():
             _copy_if_changed(root / extra, src / extra)
@@ -569,7 +599,14 @@ def build_site(root: Path, executed: Path, out: Path, log=print) -> Path:
     if missing:
         raise BuildError(f"not executed yet in {executed}: {missing} (build without --chapters, or use --no-site)")
     for stem in chapters(root):
-        _copy_if_changed(executed / f"{stem}.ipynb", src / "notebooks" / f"{stem}.ipynb")
+        if student:
+            nb = nbformat.read(executed / f"{stem}.ipynb", as_version=4)
+            for cell in nb.cells:
+                if cell.cell_type == "markdown":
+                    cell.source = colab.without_solutions(cell.source)
+            _write_if_changed(nbformat.writes(nb), src / "notebooks" / f"{stem}.ipynb")
+        else:
+            _copy_if_changed(executed / f"{stem}.ipynb", src / "notebooks" / f"{stem}.ipynb")
     if (root / "book" / "images").is_dir():
         for img in (root / "book" / "images").rglob("*"):
             if img.is_file():
@@ -640,9 +677,29 @@ def export_models(root: Path, executed: Path, dest: Path, *, stems: list[str] | 
     return manifest
 
 
+def write_colab(root: Path, executed: Path, out: Path, log=print) -> Path:
+    """The Colab edition of every chapter (:mod:`latentbook.colab`) into ``out/notebooks`` and the
+    student edition into ``out/student/notebooks``: the layout of the repository's ``colab`` branch."""
+    from latentbook import colab
+
+    release = colab.release_from_checkout(root, json.loads((executed / f"{chapters(root)[0]}.json").read_text())
+                                          ["params"]["MODE"])
+    if not release.repository:
+        log("no repository.url in _config.yml: no Colab edition")
+        return out
+    stems = chapters(root)
+    colab.write(root, executed, out / "notebooks", release, stems=stems)
+    colab.write(root, executed, out / "student" / "notebooks", release, stems=stems, student=True)
+    log(f"wrote the Colab edition of {len(stems)} chapters (and its student edition) to {out}")
+    return out
+
+
 def build(root: Path | None = None, params: dict | None = None, *, only: list[str] | None = None,
-          force: bool = False, site: bool = True, log=print) -> tuple[Path | None, list[ChapterRun]]:
-    """Check, execute and build; returns the site folder and each chapter's timing."""
+          force: bool = False, site: bool = True, student: bool = False,
+          log=print) -> tuple[Path | None, list[ChapterRun]]:
+    """Check, execute and build; returns the site folder and each chapter's timing. With ``site``:
+    the website, its published models and the Colab edition (``_build/<mode>/colab``); with
+    ``student`` also the student edition of the site (``_build/<mode>-student/html``)."""
     root = root or project_root()
     params = {**DEFAULT_PARAMS, **(params or {})}
     from latentbook.runmode import get_mode
@@ -663,6 +720,9 @@ def build(root: Path | None = None, params: dict | None = None, *, only: list[st
             start = time.perf_counter()
             html = build_site(root, executed, root / "_build" / mode, log=log)
             export_models(root, executed, html / "models", log=log)
+            write_colab(root, executed, root / "_build" / mode / "colab", log=log)
+            if student:
+                build_site(root, executed, root / "_build" / f"{mode}-student", log=log, student=True)
             runs.append(ChapterRun("(site build)", time.perf_counter() - start, "built"))
     return html, runs
 

@@ -20,10 +20,11 @@ SMOKE = {"MODE": "smoke", "DEVICE": "cpu", "DATASET": "mnist", "SEED": 0}
 
 @pytest.fixture(scope="session")
 def smoke_build():
-    """The whole book executed in smoke mode and its site built (reused when current): ``(html, runs)``."""
+    """The whole book executed in smoke mode, its site, student site and Colab edition built (reused when
+    current): ``(html, runs)``."""
     from latentbook import build
 
-    html, runs = build.build(ROOT, SMOKE)
+    html, runs = build.build(ROOT, SMOKE, student=True)
     table = build.timing_table(runs)
     (ROOT / "_build" / "smoke" / "timings.txt").write_text(table + "\n")
     print("\n" + table)

@@ -1,11 +1,13 @@
-"""A learner's fresh start, as closely as this machine allows: every chapter runs top to bottom in an
-environment holding only what Colab preinstalls plus ``pip install`` of the package, from an empty
-folder, with no data and an empty store, fetching the published book's models and evaluations.
+"""A learner's fresh start, as closely as this machine allows: every chapter's Colab edition
+(:mod:`latentbook.colab`) runs top to bottom in an environment holding only what Colab preinstalls
+(``tests/colab_preinstalled.txt``), from an empty folder, with no data and an empty store, fetching the
+published book's models and evaluations.
 
-The environment is a new venv with Colab's preinstalled libraries (torch and torchvision at this
-machine's versions), then the package installed (not editable) from a copy of its own files. Each
-chapter's notebook is copied alone into an empty folder and executed there with papermill (smoke
-mode) on a kernel of that venv, with fresh data and model stores (a new Colab runtime has neither).
+The environment is a new venv with Colab's recorded versions (torch and torchvision: this machine's
+builds). The package is not installed in it: the notebooks' own install cell installs it, with
+``%pip``, from the commit the edition was built from (here a git repository on disk holding the package's
+files as one commit), and must upgrade nothing Colab had. Each chapter's Colab notebook is copied
+alone into an empty folder and executed there with papermill (smoke mode) on a kernel of that venv.
 The published book is this checkout's smoke build, its ``models/`` served on 127.0.0.1: nothing may
 train (the trainers raise), every claim holds, and every printed figure equals the published page's.
 Where a full build was made here, every chapter does the same in full mode on its exported models.
@@ -14,6 +16,7 @@ A tampered published file is refused, the model trained instead, and the reason 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,18 +26,13 @@ import nbformat
 
 import pytest
 import torch
-import torchvision
 
 from conftest import SMOKE
-from latentbook import build, store
+from latentbook import build, colab, store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = build.chapters(ROOT)
-# What Colab preinstalls, of what the chapters import (torch and torchvision: this machine's builds).
-COLAB_PREINSTALLED = [
-    f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
-    "numpy", "matplotlib", "scikit-learn", "scipy", "tqdm", "ipywidgets", "ipykernel", "platformdirs",
-]
+PREINSTALLED = ROOT / "tests" / "colab_preinstalled.txt"
 PACKAGE_FILES = ["pyproject.toml", "README.md", "latentbook"]
 
 pytestmark = pytest.mark.slow
@@ -47,36 +45,122 @@ def _pip(python: Path, *args: str) -> str:
     return proc.stdout
 
 
-def _torch_version(python: Path) -> str:
-    return subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+def _freeze(python: Path) -> dict[str, str]:
+    out = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                         check=True).stdout
+    return {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(out)}
+
+
+def _requirements() -> list[str]:
+    """Colab's recorded versions (``name==version`` lines of tests/colab_preinstalled.txt)."""
+    lines = [line.split("#")[0].strip() for line in PREINSTALLED.read_text().splitlines()]
+    return [line for line in lines if line]
 
 
 @pytest.fixture(scope="module")
-def colab(tmp_path_factory):
-    """``(python, jupyter_path)``: the Colab-like venv and the folder holding its kernel spec."""
+def colab_env(tmp_path_factory):
+    """``(python, jupyter_path)``: a venv holding Colab's recorded packages, and its kernel spec."""
     base = tmp_path_factory.mktemp("colab")
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    _pip(python, *COLAB_PREINSTALLED)
-    before = _torch_version(python)
-    # the package, installed as a learner's pip would: from its own files only, not editable
-    source = base / "source"
-    source.mkdir()
-    for name in PACKAGE_FILES:
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, source / name)
-    shutil.rmtree(source / "latentbook" / "__pycache__", ignore_errors=True)
-    _pip(python, str(source))
-    assert _torch_version(python) == before, "installing latentbook replaced Colab's torch"
+    _pip(python, "-r", str(PREINSTALLED))
     jupyter = base / "jupyter"
     subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(jupyter), "--name", "colab-fresh"],
                    check=True, capture_output=True)
     return python, jupyter / "share" / "jupyter"
 
 
-def test_the_package_comes_from_the_venv(colab, tmp_path):
-    python, _ = colab
+@pytest.fixture(scope="module")
+def release_repo(tmp_path_factory):
+    """``(url, commit)``: the package's own files as one commit of a git repository on disk, standing
+    in for the GitHub repository the published install cell names."""
+    repo = tmp_path_factory.mktemp("repository")
+    for name in PACKAGE_FILES:
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
+    shutil.rmtree(repo / "latentbook" / "__pycache__", ignore_errors=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "release"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    return f"file://{repo}", commit
+
+
+@pytest.fixture(scope="module")
+def published(smoke_build, serve):
+    """``(url, models folder)`` of the published (smoke) book, served on 127.0.0.1."""
+    html, _ = smoke_build
+    assert json.loads((html / "models" / store.MANIFEST).read_text())["entries"]
+    return serve(html) + "/models/", html / "models"
+
+
+def _edition(folder: Path, executed: Path, release_repo, url: str, mode: str) -> Path:
+    repository, commit = release_repo
+    release = colab.Release(repository, commit, url, mode)
+    colab.write(ROOT, executed, folder, release, stems=CHAPTERS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def edition(published, release_repo, tmp_path_factory):
+    """The Colab edition of the smoke book, naming the repository on disk and the served models."""
+    url, _ = published
+    return _edition(tmp_path_factory.mktemp("edition"), ROOT / "_executed" / "smoke", release_repo, url, "smoke")
+
+
+@pytest.fixture(scope="module")
+def installed(colab_env, edition, release_repo, tmp_path_factory):
+    """The install cell of a Colab notebook, run on the fresh kernel: ``(its output, versions before,
+    versions after)``."""
+    python, jupyter_path = colab_env
+    before = _freeze(python)
+    assert "latentbook" not in before
+    nb = nbformat.read(edition / f"{CHAPTERS[0]}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    folder = tmp_path_factory.mktemp("install")
+    only = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell.source)], metadata=nb.metadata)
+    nbformat.write(only, folder / "install.ipynb")
+    env = {**os.environ, "JUPYTER_PATH": str(jupyter_path), "HOME": str(folder)}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from latentbook import build; "
+         "build.run_notebook(Path(sys.argv[1]), Path(sys.argv[2]), {}, cwd=Path(sys.argv[3]), kernel_name='colab-fresh')",
+         str(folder / "install.ipynb"), str(folder / "out.ipynb"), str(folder)],
+        env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = nbformat.read(folder / "out.ipynb", as_version=4).cells[0]
+    text = "".join(o.get("text", "") for o in out.outputs if o.get("output_type") == "stream")
+    return text, before, _freeze(python)
+
+
+def test_the_install_cell_installs_the_built_commit_and_changes_nothing_colab_has(installed, release_repo, colab_env):
+    text, before, after = installed
+    _, commit = release_repo
+    assert f"installing latentbook at commit {commit[:12]}" in text, text[-2000:]
+    assert "no restart needed" in text, text[-2000:]
+    changed = {name: (before[name], after.get(name)) for name in before if after.get(name) != before[name]}
+    assert not changed, f"the install cell changed what Colab preinstalls: {changed}"
+    python, _ = colab_env
+    direct = subprocess.run([str(python), "-c", "import importlib.metadata as m; "
+                             "print(m.distribution('latentbook').read_text('direct_url.json'))"],
+                            capture_output=True, text=True, check=True).stdout
+    assert json.loads(direct)["vcs_info"]["commit_id"] == commit  # the very commit the edition names
+
+
+def test_the_recorded_colab_versions_are_what_the_venv_has(colab_env):
+    """The venv is Colab's as recorded: ipywidgets 7 among them, and torch this machine's build."""
+    python, _ = colab_env
+    have = _freeze(python)
+    for line in _requirements():
+        name, version = re.split(r"==", line)
+        assert have[name.lower().replace("_", "-")] == version, line
+    assert have["ipywidgets"].startswith("7.")
+    assert have["torch"] == torch.__version__.split("+")[0]
+
+
+def test_the_package_comes_from_the_venv(colab_env, installed, tmp_path):
+    python, _ = colab_env
     out = subprocess.run([str(python), "-c", "import latentbook, sys; print(latentbook.__file__)"], cwd=tmp_path,
                          capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]}).stdout
     assert Path(out.strip()).is_relative_to(python.parents[1]), out
@@ -96,22 +180,14 @@ latentbook.train.fit = latentbook.classifier.fit = _refuse
 """
 
 
-@pytest.fixture(scope="module")
-def published(smoke_build, serve):
-    """``(url, models folder)`` of the published (smoke) book, served on 127.0.0.1."""
-    html, _ = smoke_build
-    assert json.loads((html / "models" / store.MANIFEST).read_text())["entries"]
-    return serve(html) + "/models/", html / "models"
-
-
-def _fresh_start(stem: str, tmp_path: Path, monkeypatch, jupyter_path: Path, url: str, *, guard: bool,
+def _fresh_start(source: Path, tmp_path: Path, monkeypatch, jupyter_path: Path, url: str, *, guard: bool,
                  params: dict = SMOKE) -> Path:
-    """Execute ``stem`` alone in an empty folder on the Colab-like kernel, with empty data and model
-    stores and ``url`` as the published address; ``guard``: make every trainer raise."""
+    """Execute the Colab notebook ``source`` alone in an empty folder on the Colab-like kernel, with empty
+    data and model stores and ``url`` as the published address; ``guard``: make every trainer raise."""
     folder = tmp_path / "content"  # Colab's working folder, empty but for the notebook
     folder.mkdir()
-    notebook = folder / f"{stem}.ipynb"
-    shutil.copy2(ROOT / "notebooks" / f"{stem}.ipynb", notebook)
+    notebook = folder / source.name
+    shutil.copy2(source, notebook)
     for var in ("PYTHONPATH", "LATENTBOOK_DATA", "LATENTBOOK_MODELS"):
         monkeypatch.delenv(var, raising=False)
     if guard:
@@ -125,7 +201,7 @@ def _fresh_start(stem: str, tmp_path: Path, monkeypatch, jupyter_path: Path, url
     monkeypatch.setenv("LATENTBOOK_PROGRESS", "0")
     monkeypatch.setenv("LATENTBOOK_MODELS_URL", url)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    out = folder / f"{stem}.out.ipynb"
+    out = folder / f"{source.stem}.out.ipynb"
     build.run_notebook(notebook, out, params, cwd=folder, kernel_name="colab-fresh")
     return out
 
@@ -136,13 +212,22 @@ def _stored(tmp_path: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
+def _same_figures(out: Path, published: Path) -> None:
+    """The Colab run printed what the published execution printed (its first cell, the install cell,
+    found the package installed)."""
+    mine = build.printed(out)
+    assert any("is installed here; nothing to do" in line for line in mine[0]), mine[0]
+    assert mine[1:] == build.printed(published)
+
+
 @pytest.mark.parametrize("stem", CHAPTERS)
-def test_chapter_runs_from_a_fresh_start_on_published_weights(colab, published, stem, tmp_path, monkeypatch):
-    _, jupyter_path = colab
+def test_chapter_runs_from_a_fresh_start_on_published_weights(colab_env, installed, edition, published, stem,
+                                                               tmp_path, monkeypatch):
+    _, jupyter_path = colab_env
     url, _ = published
-    out = _fresh_start(stem, tmp_path, monkeypatch, jupyter_path, url, guard=True)
+    out = _fresh_start(edition / f"{stem}.ipynb", tmp_path, monkeypatch, jupyter_path, url, guard=True)
     # every claim held (a false one stops the chapter) and every printed figure is the published one
-    assert build.printed(out) == build.printed(ROOT / "_executed" / "smoke" / f"{stem}.ipynb")
+    _same_figures(out, ROOT / "_executed" / "smoke" / f"{stem}.ipynb")
     stored = _stored(tmp_path)
     used = json.loads((ROOT / "_executed" / "smoke" / f"{stem}.json").read_text())["entries"]
     assert set(stored) == set(used)  # all it needed came from the published book...
@@ -152,32 +237,42 @@ def test_chapter_runs_from_a_fresh_start_on_published_weights(colab, published, 
 FULL_SITE, FULL_EXECUTED = ROOT / "_build" / "full" / "html", ROOT / "_executed" / "full"
 
 
+@pytest.fixture(scope="module")
+def full_edition(serve, release_repo, tmp_path_factory):
+    """``(folder, url)``: the Colab edition of the full book built here, its models served."""
+    if not (FULL_SITE / "models" / store.MANIFEST).is_file() or build.stale(ROOT, CHAPTERS[-1], {
+            **build.DEFAULT_PARAMS}, FULL_EXECUTED):
+        pytest.skip("no current full build here (make book)")
+    url = serve(FULL_SITE) + "/models/"
+    return _edition(tmp_path_factory.mktemp("full-edition"), FULL_EXECUTED, release_repo, url, "full"), url
+
+
 @pytest.mark.parametrize("stem", CHAPTERS)
-def test_full_chapter_runs_from_a_fresh_start_on_the_published_full_book(colab, serve, stem, tmp_path, monkeypatch):
+def test_full_chapter_runs_from_a_fresh_start_on_the_published_full_book(colab_env, installed, full_edition, stem,
+                                                                         tmp_path, monkeypatch):
     """The same on the published book itself, where a full build (``make book``) was made here: its
     exported models served, the chapter in full mode with the parameters it was published with."""
-    stamp = FULL_EXECUTED / f"{stem}.json"
-    if not ((FULL_SITE / "models" / store.MANIFEST).is_file() and stamp.is_file()):
-        pytest.skip("no full build here (make book)")
-    params = json.loads(stamp.read_text())["params"]
-    url = serve(FULL_SITE) + "/models/"
-    _, jupyter_path = colab
-    out = _fresh_start(stem, tmp_path, monkeypatch, jupyter_path, url, guard=True, params=params)
-    assert build.printed(out) == build.printed(FULL_EXECUTED / f"{stem}.ipynb")
+    folder, url = full_edition
+    stamp = json.loads((FULL_EXECUTED / f"{stem}.json").read_text())
+    _, jupyter_path = colab_env
+    out = _fresh_start(folder / f"{stem}.ipynb", tmp_path, monkeypatch, jupyter_path, url, guard=True,
+                       params=stamp["params"])
+    _same_figures(out, FULL_EXECUTED / f"{stem}.ipynb")
     stored = _stored(tmp_path)
-    assert set(stored) == set(json.loads(stamp.read_text())["entries"])
+    assert set(stored) == set(stamp["entries"])
     assert all(d["source"] == f"fetched from {url}" for d in stored.values())
 
 
-def test_the_guard_would_catch_training(colab, tmp_path, monkeypatch):
+def test_the_guard_would_catch_training(colab_env, installed, edition, tmp_path, monkeypatch):
     """The guard of the test above is real: with nothing published, the same kernel refuses to train."""
-    _, jupyter_path = colab
+    _, jupyter_path = colab_env
     with pytest.raises(Exception, match="a trainer was called"):
-        _fresh_start("autoencoders", tmp_path, monkeypatch, jupyter_path, "off", guard=True)
+        _fresh_start(edition / "autoencoders.ipynb", tmp_path, monkeypatch, jupyter_path, "off", guard=True)
 
 
-def test_a_tampered_published_model_is_refused_and_trained(colab, published, serve, tmp_path, monkeypatch):
-    _, jupyter_path = colab
+def test_a_tampered_published_model_is_refused_and_trained(colab_env, installed, edition, published, serve, tmp_path,
+                                                          monkeypatch):
+    _, jupyter_path = colab_env
     _, models = published
     used = json.loads((ROOT / "_executed" / "smoke" / "autoencoders.json").read_text())["entries"]
     site = tmp_path / "site"
@@ -186,7 +281,8 @@ def test_a_tampered_published_model_is_refused_and_trained(colab, published, ser
     blob = bytearray(victim.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one byte changed on the server
     victim.write_bytes(bytes(blob))
-    out = _fresh_start("autoencoders", tmp_path, monkeypatch, jupyter_path, serve(site) + "/models/", guard=False)
+    out = _fresh_start(edition / "autoencoders.ipynb", tmp_path, monkeypatch, jupyter_path, serve(site) + "/models/",
+                       guard=False)
     nb = nbformat.read(out, as_version=4)
     errors = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                      if o.get("output_type") == "stream" and o.get("name") == "stderr")

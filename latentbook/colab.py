@@ -1,0 +1,443 @@
+"""The Colab edition: every chapter as a notebook that Colab renders as well as the site renders the page.
+
+Made from the same sources and the same execution as the site (``_executed/<mode>/<chapter>.ipynb``):
+
+- MyST becomes CommonMark: admonitions, theorems and proofs become bold-titled paragraphs or
+  quotes; quizzes and solutions fold into ``<details>``; ``{glue:text}`` roles become the published
+  run's numbers, each marked ``†``; ``{prf:ref}`` roles become the statement's name (and a link to the
+  chapter it is in). A directive or role this module does not know is an error, never raw text.
+- The first code cell installs the package at the commit the site was built from (``%pip``) and
+  points the store at the published models; the parameters cell is explained (``MODE``, measured times).
+- The published outputs stay (figures show before anything runs); widgets and glue records, which
+  Colab cannot show from a saved notebook, go. The metadata asks for a GPU.
+
+``student=True`` drops every solution and every quiz answer (:func:`without_solutions` does the same
+to the site's sources). Where the notebooks live: ``notebooks/`` (and ``student/notebooks/``) of the
+repository's ``colab`` branch, which ``python -m latentbook publish`` commits from ``_build/full/colab``
+(see README); the site's Colab buttons open them there.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+GLUE = re.compile(r"\{glue:text\}`([^`]+)`")
+PRF_REF = re.compile(r"\{prf:ref\}`([^`]+)`")
+ANY_ROLE = re.compile(r"\{[a-z][\w:-]*\}`")
+OPEN = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w:-]+)\}[ \t]*(?P<arg>.*?)\s*$")
+OPTION = re.compile(r"^:(?P<key>[\w-]+):\s*(?P<value>.*?)\s*$")
+LABEL = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>prf:[\w-]+|exercise)\}[ \t]*(?P<arg>.*?)\s*\n:label:\s*(?P<label>\S+)",
+                   re.M)
+PUBLISHED = "<sup>†</sup>"  # marks a number taken from the published run
+COLAB_BRANCH = "colab"
+KEEP_MIMES = ("image/png", "image/jpeg", "image/svg+xml", "text/plain", "text/latex", "text/markdown")
+
+
+class ColabError(ValueError):
+    """A chapter holds MyST that the Colab edition cannot render."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a Colab notebook installs and fetches: the repository, the commit, the published models."""
+
+    repository: str  # e.g. https://github.com/org/latentbook (or file:///... in tests)
+    commit: str
+    models_url: str
+    mode: str = "full"
+
+    @property
+    def site(self) -> str:
+        """The website: the published models live in its ``models/`` folder."""
+        return self.models_url.rsplit("models/", 1)[0]
+
+    def colab_url(self, stem: str, student: bool = False) -> str:
+        owner_repo = self.repository.removeprefix("https://github.com/").rstrip("/")
+        folder = "student/notebooks" if student else "notebooks"
+        return f"https://colab.research.google.com/github/{owner_repo}/blob/{COLAB_BRANCH}/{folder}/{stem}.ipynb"
+
+
+# --------------------------------------------------------------------------------------------
+# MyST -> CommonMark
+
+
+@dataclass
+class _Directive:
+    name: str
+    arg: str
+    options: dict
+    body: list[str]
+
+
+def _parse(lines: list[str]) -> list[str | _Directive]:
+    """Lines and directives (``:::{name} arg`` / ```` ```{name} arg ````, options, body, closing fence)."""
+    out: list[str | _Directive] = []
+    i = 0
+    while i < len(lines):
+        m = OPEN.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        fence = m["fence"]
+        close = re.compile(rf"^{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        j, options = i + 1, {}
+        while j < len(lines) and (o := OPTION.match(lines[j])):
+            options[o["key"]] = o["value"]
+            j += 1
+        k = j
+        while k < len(lines) and not close.match(lines[k]):
+            k += 1
+        if k == len(lines):
+            raise ColabError(f"the directive {{{m['name']}}} opened by {lines[i]!r} is never closed")
+        out.append(_Directive(m["name"], m["arg"], options, lines[j:k]))
+        i = k + 1
+    return out
+
+
+def _trim(lines: list[str]) -> list[str]:
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def _inline_html(text: str) -> str:
+    """Markdown inline code and emphasis in a title that goes inside HTML (``<summary>``), where
+    Markdown is not parsed; math stays as it is (it is typeset from the page's text)."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", text)
+
+
+def _lead(title: str, body: list[str]) -> list[str]:
+    """``title`` in bold before the first paragraph of ``body`` (or alone, if that is display math)."""
+    body = _trim(body)
+    if body and body[0].strip() and not body[0].lstrip().startswith(("$$", "```", "-", "*", "1.", "|", ">", "<")):
+        return [f"{title} {body[0]}", *body[1:]]
+    return [title, "", *body]
+
+
+def _details(summary: str, body: list[str]) -> list[str]:
+    return ["<details>", f"<summary>{summary}</summary>", "", *_trim(body), "", "</details>"]
+
+
+class _Converter:
+    def __init__(self, stem: str, values: dict[str, str], labels: dict[str, tuple[str, str, str]],
+                 titles: dict[str, str], release: Release, student: bool):
+        self.stem, self.values, self.labels, self.titles = stem, values, labels, titles
+        self.release, self.student = release, student
+        self.exercises: dict[str, int] = {}  # label -> number in this chapter
+
+    def markdown(self, text: str) -> str:
+        return "\n".join(self._lines(text.splitlines())).strip("\n")
+
+    def _lines(self, lines: list[str]) -> list[str]:
+        out: list[str] = []
+        for item in _parse(lines):
+            if isinstance(item, str):
+                out.append(self._roles(item))
+            else:
+                out.extend(self._directive(item))
+        return out
+
+    def _roles(self, line: str) -> str:
+        def glue(m):
+            if m[1] not in self.values:
+                raise ColabError(f"{self.stem}: the prose glues {m[1]!r}, which its execution does not record")
+            return f"{self.values[m[1]]}{PUBLISHED}"
+
+        def ref(m):
+            if m[1] not in self.labels:
+                raise ColabError(f"{self.stem}: {{prf:ref}} to an unknown label {m[1]!r}")
+            kind, title, where = self.labels[m[1]]
+            name = f"*{kind} ({title})*" if title else f"*{kind}*"
+            if where == self.stem:
+                return name
+            return f"{name} in [{self.titles[where]}]({self.release.colab_url(where, self.student)})"
+
+        line = PRF_REF.sub(ref, GLUE.sub(glue, line))
+        if ANY_ROLE.search(line):
+            raise ColabError(f"{self.stem}: a MyST role the Colab edition does not know: {line.strip()!r}")
+        return line
+
+    def _directive(self, d: _Directive) -> list[str]:
+        body = self._lines(d.body)
+        title = self._roles(d.arg)
+        if d.name == "admonition":
+            if "dropdown" in d.options.get("class", ""):  # a quiz question; its body is the answer
+                if self.student:
+                    return [f"**Question.** {title}", ""]
+                return _details(f"<b>{_inline_html(title)}</b>", body) + [""]
+            if any(s.lstrip().startswith(("$$", "```")) for s in body):
+                return _lead(f"**{title}.**", body) + [""]
+            return [f"> **{title}**", ">", *[f"> {s}" if s else ">" for s in _trim(body)], ""]
+        if d.name == "prf:proof":
+            body = _trim(body)
+            end = ["", "∎"] if body and body[-1].strip().startswith("$$") else []
+            if body and not end:
+                body[-1] += " ∎"
+            return _lead("*Proof.*", body + end) + [""]
+        if d.name.startswith("prf:"):
+            kind = d.name.split(":", 1)[1].capitalize()
+            return _lead(f"**{kind} ({title}).**" if title else f"**{kind}.**", body) + [""]
+        if d.name == "exercise":
+            number = self.exercises.setdefault(d.options.get("label", f"#{len(self.exercises)}"), len(self.exercises) + 1)
+            head = f"**Exercise {number}** ({title})." if title else f"**Exercise {number}.**"
+            return _lead(head, body) + [""]
+        if d.name == "solution":
+            if self.student:
+                return []
+            number = self.exercises.get(d.arg)
+            if number is None:
+                raise ColabError(f"{self.stem}: a solution to {d.arg!r}, which is not an exercise before it")
+            return _details(f"<b>Solution to Exercise {number}</b>", body) + [""]
+        raise ColabError(f"{self.stem}: the Colab edition does not know the directive {{{d.name}}}")
+
+
+def without_solutions(text: str) -> str:
+    """MyST ``text`` with every ``{solution}`` and every quiz answer (a dropdown admonition's body)
+    removed: the student edition of a page."""
+    lines = text.splitlines()
+    out: list[str] = []
+    for item in _parse_keep(lines):
+        if isinstance(item, str):
+            out.append(item)
+        elif item[0].name == "solution":
+            continue
+        elif item[0].name == "admonition" and "dropdown" in item[0].options.get("class", ""):
+            out.extend(["**Question.** " + item[0].arg, ""])
+        else:
+            out.extend(item[1])
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _parse_keep(lines: list[str]):
+    """Like :func:`_parse`, but each directive comes with its original lines."""
+    i = 0
+    for item in _parse(lines):
+        if isinstance(item, str):
+            yield item
+            i += 1
+        else:
+            n = 1 + len(item.options) + len(item.body) + 1
+            yield item, lines[i:i + n]
+            i += n
+
+
+# --------------------------------------------------------------------------------------------
+# What the notebook needs from the book and its execution
+
+
+def glued(executed: nbformat.NotebookNode) -> dict[str, str]:
+    """``{name: text}`` of every value the execution glued (as ``{glue:text}`` shows it)."""
+    values = {}
+    for cell in executed.cells:
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata", {}).get("scrapbook")
+            if not meta:
+                continue
+            raw = out["data"].get(f"{meta.get('mime_prefix', '')}text/plain")
+            if raw is None:
+                continue
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+            values[meta["name"]] = value if isinstance(value, str) else str(value)
+    return values
+
+
+def labels(root: Path, stems: list[str]) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+    """``({label: (kind, title, stem)}, {stem: chapter title})`` over every chapter's source."""
+    found, titles = {}, {}
+    for stem in stems:
+        text = (root / "book" / f"{stem}.md").read_text()
+        heading = re.search(r"^# (.+)$", text, re.M)
+        titles[stem] = heading[1].strip() if heading else stem
+        for m in LABEL.finditer(text):
+            kind = m["name"].split(":")[-1].capitalize()
+            found[m["label"]] = (kind, m["arg"], stem)
+    return found, titles
+
+
+def chapter_times(root: Path, stem: str) -> str:
+    """What the parameters cell says about time: measured figures from ``benchmarks/results``."""
+    parts = []
+    results = root / "benchmarks" / "results"
+    try:
+        runs = json.loads((results / "published_weights.json").read_text())["runs"]
+        run = runs[-1]
+        cold = run["per_chapter"][stem]["cold_s"]
+        parts.append(f"with the published models, about {cold:.0f} s on a {run['machine']['cpu_count']}-core CPU "
+                     f"(measured {run['date'][:10]}, a fresh runtime fetching them)")
+    except (OSError, KeyError, IndexError, ValueError):
+        pass
+    try:
+        table = (results / "full_build_cold.txt").read_text()
+        m = re.search(rf"^{re.escape(stem)}\s+([\d.]+)\s+executed", table, re.M)
+        date = re.search(r"^# (\d{4}-\d\d-\d\d)", table, re.M)
+        if m:
+            minutes = float(m[1]) / 60
+            spent = f"{minutes:.0f} min" if minutes >= 1.5 else f"{float(m[1]):.0f} s"
+            parts.append(f"training everything itself (nothing published), about {spent} on a 2-core CPU"
+                         + (f" (measured {date[1]})" if date else ""))
+    except OSError:
+        pass
+    gpu = results / "gpu_build.json"
+    if gpu.is_file():
+        try:
+            seconds = json.loads(gpu.read_text())["per_chapter"][stem]
+            parts.append(f"on a GPU, about {seconds:.0f} s")
+        except (KeyError, ValueError):
+            pass
+    else:
+        parts.append("on a GPU: not measured yet")
+    return "; ".join(parts)
+
+
+def install_cell(release: Release) -> str:
+    """The first code cell: install the package at the built commit, where it is not installed."""
+    spec = f"latentbook @ git+{release.repository}@{release.commit}"
+    return f'''\
+# Installs latentbook as it was when this notebook was built (commit {release.commit[:12]}),
+# and says whether pip changed anything the runtime had. Where latentbook is installed, it does nothing.
+import importlib.metadata as metadata, importlib.util, os
+
+os.environ.setdefault("LATENTBOOK_MODELS_URL", "{release.models_url}")  # fetched, not trained
+if importlib.util.find_spec("latentbook") is None:
+    print("installing latentbook at commit {release.commit[:12]} (about a minute) ...")
+    had = {{d.name: d.version for d in metadata.distributions()}}
+    %pip install --progress-bar off "{spec}"
+    now = {{d.name: d.version for d in metadata.distributions()}}
+    changed = [f"{{n}} {{v}} -> {{now.get(n)}}" for n, v in had.items() if now.get(n) != v]
+    print("pip changed", changed, "- restart the runtime (Runtime > Restart session) and run from the top"
+          if changed else "installed; nothing the runtime had was changed, no restart needed")
+else:
+    print("latentbook", metadata.version("latentbook"), "is installed here; nothing to do")
+'''
+
+
+def settings_markdown(root: Path, stem: str, release: Release) -> str:
+    times = chapter_times(root, stem)
+    return (
+        "**Settings of this run.** The next cell holds the chapter's parameters; change them and run the notebook "
+        "from the top.\n\n"
+        '- `MODE = "full"` runs the chapter as published'
+        + (": the numbers in the text (marked †) are this mode's. " if release.mode == "full" else ". ")
+        + "Trained models come from the published book instead of being trained again. "
+        f"Time: {times}.\n"
+        '- `MODE = "smoke"` runs every cell on a small subset with short training, in well under a minute: it checks '
+        "that everything works, and its numbers differ from the text.\n"
+        '- `DEVICE = "auto"` uses a GPU when the runtime has one (Runtime > Change runtime type), else the CPU; '
+        '`"cuda"` insists on one. `DATASET` is `"mnist"` or `"fashion-mnist"`; `SEED` seeds everything.'
+    )
+
+
+def header_markdown(stem: str, release: Release, student: bool) -> str:
+    page = f"{release.site}notebooks/{stem}.html"
+    edition = " Student edition: solutions and quiz answers are left out." if student else ""
+    return (
+        f"*latentbook*, the Colab edition of [this chapter's page]({page}), built from commit "
+        f"`{release.commit[:12]}` of [the repository]({release.repository}).{edition} Numbers marked † in the "
+        f"text come from the published run ({release.mode} mode); the cells print this run's. Run the cells in "
+        "order from the top: the first installs the `latentbook` package."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook
+
+
+def _outputs(cell) -> list:
+    kept = []
+    for out in cell.get("outputs", []):
+        if out.get("metadata", {}).get("scrapbook"):
+            continue  # a glue record: its value is in the prose
+        if out["output_type"] in ("display_data", "execute_result"):
+            data = {k: v for k, v in out["data"].items() if k in KEEP_MIMES}
+            if "application/vnd.jupyter.widget-view+json" in out["data"]:
+                continue  # a saved widget is dead in Colab; running the cell brings it back
+            if not data:
+                continue
+            out = nbformat.from_dict({**out, "data": data, "metadata": {}})
+        kept.append(out)
+    return kept
+
+
+def notebook(root: Path, stem: str, executed: Path, release: Release, *, student: bool = False,
+             index: tuple[dict, dict] | None = None) -> nbformat.NotebookNode:
+    """The Colab notebook of chapter ``stem`` from its execution ``executed`` (an ``.ipynb``)."""
+    run = nbformat.read(executed, as_version=4)
+    labels_, titles = index or labels(root, [stem])
+    convert = _Converter(stem, glued(run), labels_, titles, release, student)
+    cells = [nbformat.v4.new_markdown_cell(header_markdown(stem, release, student))]
+    installed = False
+    for cell in run.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "markdown":
+            text = convert.markdown(cell.source)
+            if text.strip():
+                cells.append(nbformat.v4.new_markdown_cell(text))
+            continue
+        if cell.cell_type != "code" or "injected-parameters" in tags:
+            continue  # papermill's record of the values it ran with: the parameters cell says them
+        if not installed:
+            cells.append(nbformat.v4.new_code_cell(install_cell(release)))
+            installed = True
+        if "parameters" in tags:
+            cells.append(nbformat.v4.new_markdown_cell(settings_markdown(root, stem, release)))
+            new = nbformat.v4.new_code_cell(cell.source, metadata={"tags": ["parameters"]})
+        else:
+            new = nbformat.v4.new_code_cell(cell.source)
+            new.outputs = _outputs(cell)
+            new.execution_count = cell.get("execution_count")
+        cells.append(new)
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata = {
+        "accelerator": "GPU",
+        "colab": {"provenance": [], "gpuType": "T4", "toc_visible": True},
+        "kernelspec": {"name": "python3", "display_name": "Python 3"},
+        "language_info": {"name": "python"},
+        "latentbook": {"chapter": stem, "commit": release.commit, "mode": release.mode, "student": student},
+    }
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{stem[:40]}-{i}"  # stable ids: the same build writes the same bytes
+    return nb
+
+
+def write(root: Path, executed_dir: Path, out_dir: Path, release: Release, *, stems: list[str],
+          student: bool = False) -> list[Path]:
+    """Every chapter's Colab notebook into ``out_dir`` (written whole, atomically)."""
+    from latentbook import store
+
+    index = labels(root, stems)
+    paths = []
+    for stem in stems:
+        nb = notebook(root, stem, executed_dir / f"{stem}.ipynb", release, student=student, index=index)
+        path = out_dir / f"{stem}.ipynb"
+        store.write_text(path, nbformat.writes(nb) + "\n")
+        paths.append(path)
+    return paths
+
+
+def release_from_checkout(root: Path, mode: str = "full") -> Release:
+    """The release this checkout would publish: ``_config.yml``'s addresses and the HEAD commit."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "main"  # not a git checkout (an unpacked archive): the install follows the main branch
+    models_url = str((config.get("latentbook") or {}).get("models_url") or "")
+    return Release(str((config.get("repository") or {}).get("url") or "").rstrip("/"), commit,
+                   models_url if models_url.endswith("/") else models_url + "/", mode)
