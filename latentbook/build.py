@@ -41,9 +41,12 @@ VENDOR = {
     "mathjax": ("mathjax@3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
     "requirejs": ("requirejs@2.3.7", "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw=="),
     "html-manager": ("@jupyter-widgets/html-manager@1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA=="),
+    # what Colab renders Markdown cells and their math with: tests/colab_render.py renders the Colab edition
     "marked": ("marked@15.0.12", "sha512-8dD6FusOQSrpv9Z1rdNMdlSgQOIP880DHqnohobOmYLElGEqAL/JvxvuxZO16r4HtjTlfPRDC1hbvxC9dPN2nA=="),
     "katex": ("katex@0.16.47", "sha512-Eeo8Ys1doU1z+x8AZsPpQu+p/QcZBI5PeOo7QGQdy2x2m0MU/hYagBbGOmXwr5KVbEfVuWv9LpnQWeehogurjg=="),
 }
+
+SITE_VENDOR = ("mathjax", "requirejs", "html-manager")  # the rest (marked, KaTeX) render the Colab check
 
 DEFAULT_PARAMS = {"MODE": "full", "DEVICE": "auto", "DATASET": "mnist", "SEED": 0}
 
@@ -618,12 +621,18 @@ def build_site(root: Path, executed: Path, out: Path, log=print, *, student: boo
         changed |= _copy_if_changed(shim, assets / shim.name)
     for exported in sorted((executed / "explorer").glob("*.bin")):  # decoders of the in-browser explorers
         changed |= _copy_if_changed(exported, assets / "explorer" / exported.name)
-    link = assets / "vendor"
+    # the packages the site loads, linked (Sphinx copies them); marked and KaTeX serve only the Colab check
     vendor = vendor_assets(root, log=log)
-    if not link.is_symlink():
-        if link.exists():
-            shutil.rmtree(link)
-        link.symlink_to(vendor, target_is_directory=True)
+    site_vendor = assets / "vendor"
+    if site_vendor.is_symlink():
+        site_vendor.unlink()  # a build before marked and KaTeX linked the whole folder
+    for name in SITE_VENDOR:
+        link = site_vendor / name
+        if not link.is_symlink():
+            if link.exists():
+                shutil.rmtree(link)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(vendor / name, target_is_directory=True)
     jb = [str(Path(sys.executable).with_name("jupyter-book"))]
     proc = subprocess.run([*jb, "config", "sphinx", str(src)], capture_output=True, text=True)
     if proc.returncode:

@@ -86,7 +86,7 @@ def glue(name: str, value, display: bool = False) -> None:
     """Hand ``value`` to the prose as ``{glue:text}`name```; a plain display where myst-nb is absent (Colab)."""
     try:
         from myst_nb import glue as _glue
-    except ImportError:  # on Colab: the prose shows the role, the value is still printed if asked
+    except ImportError:  # on Colab: the Colab edition's text carries the published value; this run's is printed if asked
         if display:
             from IPython.display import display as _display
 

@@ -309,13 +309,16 @@ def install_cell(release: Release) -> str:
     return f'''\
 # Installs latentbook as it was when this notebook was built (commit {release.commit[:12]}),
 # and says whether pip changed anything the runtime had. Where latentbook is installed, it does nothing.
-import importlib.metadata as metadata, importlib.util, os
+import importlib, importlib.metadata as metadata, importlib.util, os
 
 os.environ.setdefault("LATENTBOOK_MODELS_URL", "{release.models_url}")  # fetched, not trained
 if importlib.util.find_spec("latentbook") is None:
     print("installing latentbook at commit {release.commit[:12]} (about a minute) ...")
     had = {{d.name: d.version for d in metadata.distributions()}}
     %pip install --progress-bar off "{spec}"
+    importlib.invalidate_caches()
+    if importlib.util.find_spec("latentbook") is None:
+        raise RuntimeError("pip could not install latentbook: its message is above")
     now = {{d.name: d.version for d in metadata.distributions()}}
     changed = [f"{{n}} {{v}} -> {{now.get(n)}}" for n, v in had.items() if now.get(n) != v]
     print("pip changed", changed, "- restart the runtime (Runtime > Restart session) and run from the top"

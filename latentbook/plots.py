@@ -254,14 +254,18 @@ def manifold(
     *,
     dims: tuple[int, int] = (0, 1),
     z_base: Any = None,
+    spacing: str = "uniform",
     ax: Axes | None = None,
     title: str | None = None,
     cmap: str = "gray",
 ) -> Figure:
-    """Images decoded on a ``grid x grid`` lattice over ``[-lim, lim]²`` of latent space, ticks in z units.
+    """Images decoded on a ``grid x grid`` lattice of latent space, ticks in z units.
 
     decode_fn: a function ``z [M, d] -> [M, 1, 28, 28]`` taking codes on the CPU, e.g.
         ``lb.evaluate.decoder(vae)`` (plots only draw: decoding is the evaluate module's).
+    spacing: ``"uniform"``, evenly spaced over ``[-lim, lim]``; or ``"quantile"``, at the standard
+        normal's quantiles ``Φ⁻¹((i + ½) / grid)`` (Kingma & Welling 2014, Fig. 4), so that every tile
+        stands for the same prior mass (``lim`` is not used).
     The lattice varies latent dimensions ``dims`` (z_1 left to right, z_2 bottom to top); the
     others stay at ``z_base [d]`` (default: a 2-D latent space, or zeros for a longer ``z_base``).
     """
@@ -269,11 +273,16 @@ def manifold(
         raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
     if not lim > 0:
         raise ValueError(f"lim must be > 0, got {lim}")
+    if spacing not in ("uniform", "quantile"):
+        raise ValueError(f"spacing must be 'uniform' or 'quantile', got {spacing!r}")
     base = torch.zeros(2) if z_base is None else torch.as_tensor(_numpy(z_base), dtype=torch.float32).reshape(-1)
     d0, d1 = dims
     if d0 == d1 or not (0 <= d0 < len(base) and 0 <= d1 < len(base)):
         raise ValueError(f"dims={dims} must be two different latent dimensions below d={len(base)}")
-    values = torch.linspace(-lim, lim, grid)
+    if spacing == "uniform":
+        values = torch.linspace(-lim, lim, grid)
+    else:
+        values = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(grid) + 0.5) / grid)
     z = base.repeat(grid * grid, 1)
     z[:, d0] = values.repeat(grid)  # column j -> z_1 = values[j]
     z[:, d1] = values.flip(0).repeat_interleave(grid)  # row i (top first) -> z_2 = values[-1 - i]
@@ -283,9 +292,18 @@ def manifold(
     step = 2 * lim / (grid - 1)
     with _figure(ax, (5.0, 5.0)) as (fig, axes):
         a = axes[0, 0]
-        # Each tile is centred on its z value, so the axis reads in latent units.
-        a.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0,
-                 extent=(-lim - step / 2, lim + step / 2, -lim - step / 2, lim + step / 2))
+        if spacing == "uniform":
+            # Each tile is centred on its z value, so the axis reads in latent units.
+            a.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0,
+                     extent=(-lim - step / 2, lim + step / 2, -lim - step / 2, lim + step / 2))
+        else:
+            # The axis is the prior's cumulative probability (each tile an equal share); ticks name z.
+            a.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, extent=(0.0, 1.0, 0.0, 1.0))
+            ticks = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
+            where = torch.distributions.Normal(0.0, 1.0).cdf(ticks).tolist()
+            labels = [f"{v:g}" for v in ticks.tolist()]
+            a.set_xticks(where, labels)
+            a.set_yticks(where, labels)
         a.set_xlabel(f"$z_{{{d0 + 1}}}$")
         a.set_ylabel(f"$z_{{{d1 + 1}}}$")
         a.set_title(title if title is not None else "decoded latent grid")

@@ -50,8 +50,9 @@ def problems(root: Path) -> list[str]:
         except subprocess.TimeoutExpired:
             remote, reason = None, f"no answer in {LS_REMOTE_TIMEOUT_S} s"
         if remote is None or remote.returncode:
-            found.append(f"repository.url in _config.yml ({release.repository}) cannot be read ({reason or 'git ls-remote failed'}): "
-                         "set it to the GitHub repository this book is pushed to (the shipped address is a placeholder)")
+            found.append(f"repository.url in _config.yml ({release.repository}) cannot be read "
+                         f"({reason or 'git ls-remote failed'}): set it to the GitHub repository this book is "
+                         "pushed to (the shipped address is a placeholder)")
         elif release.commit not in remote.stdout.split():
             found.append(f"commit {release.commit[:12]} is not a branch or tag of {release.repository}: push it first "
                          "(learners' install cells fetch it from there)")

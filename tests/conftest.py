@@ -145,3 +145,28 @@ def run_nbval(executed: Path, stems, folder: Path, *, models: Path | None = None
          "--nbval-sanitize-with", str(NBVAL_SANITIZE), "--nbval-cell-timeout", "3600",
          *[f"{stem}.ipynb" for stem in stems]],
         cwd=folder, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="session")
+def colab_env(tmp_path_factory):
+    """``(python, jupyter_path)``: a venv holding Colab's recorded packages (tests/colab_env.py)."""
+    import colab_env as env
+
+    return env.make_venv(tmp_path_factory.mktemp("colab"))
+
+
+@pytest.fixture(scope="session")
+def colab_installed(colab_env, tmp_path_factory):
+    """latentbook installed into the Colab-like venv by the Colab edition's install cell, from a commit of
+    a git repository on disk: ``{"release", "printed", "before", "after"}`` (``pip freeze`` around it)."""
+    import colab_env as env
+    from latentbook import colab
+
+    python, jupyter_path = colab_env
+    base = tmp_path_factory.mktemp("release")
+    repository, commit = env.release_repo(base)
+    release = colab.Release(repository, commit, "http://127.0.0.1:9/models/", "smoke")
+    before = env.freeze(python)
+    assert "latentbook" not in before
+    printed = env.run_install_cell(colab.install_cell(release), jupyter_path, base / "install")
+    return {"release": release, "printed": printed, "before": before, "after": env.freeze(python)}

@@ -243,6 +243,21 @@ def test_page_in_browser(site, browser, stem):
                    .map(p => p.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, ''))"""
     )
     assert cut == [], f"cell text wider than its box on {stem}: {cut}"
+    # display math is never cut: at 1280 px every equation fits its column; on a phone (390 px) one wider
+    # than the column scrolls in its own box
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(200)
+        cut = page.evaluate(
+            """() => [...document.querySelectorAll('mjx-container[display="true"]')].filter(m => {
+                       const s = getComputedStyle(m), main = document.querySelector('main').getBoundingClientRect();
+                       const r = m.getBoundingClientRect();
+                       const scrolls = ['auto', 'scroll'].includes(s.overflowX) && window.innerWidth < 1280;
+                       return (m.scrollWidth > m.clientWidth + 1 && !scrolls) || r.right > main.right + 1
+                              || r.left < main.left - 1; }).map(m => m.textContent.slice(0, 60))"""
+        )
+        assert cut == [], f"display math cut at {width} px on {stem}: {cut}"
+    page.set_viewport_size({"width": 1280, "height": 900})
     # the closing sections rendered as sections (an unclosed fence would swallow them)
     headings = page.locator("main h2").all_inner_texts()
     for section in ("Summary", "References"):
@@ -251,7 +266,7 @@ def test_page_in_browser(site, browser, stem):
     assert 'MODE = "smoke"' in page.locator("main").inner_text()
     colab = page.locator("a[href*='colab.research.google.com']")
     assert colab.count() >= 1
-    assert colab.first.get_attribute("href").endswith(f"/blob/main/notebooks/{stem}.ipynb")
+    assert colab.first.get_attribute("href").endswith(f"/blob/colab/notebooks/{stem}.ipynb")  # the Colab edition
     page.close()
 
 

@@ -152,6 +152,28 @@ def test_manifold_places_each_code_at_its_coordinates(tmp_path):
     np.testing.assert_allclose(im.get_extent(), [-lim - step / 2, lim + step / 2, -lim - step / 2, lim + step / 2])
 
 
+def test_manifold_at_the_priors_quantiles_gives_every_tile_equal_mass():
+    grid = 6
+    fig = plots.manifold(_z_as_image, grid=grid, spacing="quantile")
+    (ax,) = fig.axes
+    m = ax.images[0].get_array()
+    from scipy.stats import norm  # the oracle for the inverse CDF
+
+    values = norm.ppf((np.arange(grid) + 0.5) / grid)
+    for i in range(grid):
+        for j in range(grid):
+            assert m[i * 28, j * 28] == pytest.approx(values[j], abs=1e-5)
+            assert m[i * 28, j * 28 + 1] == pytest.approx(values[grid - 1 - i], abs=1e-5)
+    # each tile covers 1/grid of each axis's probability: equal prior mass per tile
+    np.testing.assert_allclose(np.diff(norm.cdf(values)), 1 / grid, atol=1e-6)
+    np.testing.assert_allclose(ax.images[0].get_extent(), [0, 1, 0, 1])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-2", "-1", "0", "1", "2"]
+    np.testing.assert_allclose(ax.get_xticks(), norm.cdf([-2, -1, 0, 1, 2]), atol=1e-6)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="spacing"):
+        plots.manifold(_z_as_image, spacing="log")
+
+
 def test_manifold_with_a_model_and_other_dims():
     torch.manual_seed(0)
     vae = models.VAE(latent_dim=4, hidden=(8,))
