@@ -228,7 +228,11 @@ def test_publish_accepts_real_addresses_once_the_commit_is_pushed(tmp_path, monk
     assert any("uncommitted changes" in p for p in found) and any("placeholder" in p for p in found)
 
 
-def test_the_colab_branch_is_committed_without_touching_the_checkout(tmp_path):
+def test_the_colab_branch_is_committed_without_touching_the_checkout(tmp_path, monkeypatch):
+    for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):  # a machine without a git identity (CI) too
+        monkeypatch.setenv(var, "t")
+    for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(var, "t@t")
     repo = _repo(tmp_path, _config("https://github.com/o/r", "https://o.github.io/r/models/"))
     folder = tmp_path / "colab"
     (folder / "notebooks").mkdir(parents=True)
