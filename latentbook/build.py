@@ -14,6 +14,8 @@ The pipeline (``docs/architecture.md``):
    from npm into ``_assets/vendor`` so no page loads anything from outside the site.
 4. :func:`export_models` copies every store entry the chapters used into the site's ``models/``,
    with a manifest of SHA-256 hashes, from which :mod:`latentbook.store` fetches.
+5. :func:`write_colab` writes the Colab edition (:mod:`latentbook.colab`) into ``_build/<mode>/colab``;
+   with ``student``, the site is built once more without solutions (``_build/<mode>-student/html``).
 """
 
 from __future__ import annotations
