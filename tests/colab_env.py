@@ -98,6 +98,15 @@ def make_venv(base: Path) -> tuple[Path, Path]:
     return python, jupyter / "share" / "jupyter"
 
 
+def commit_folder(folder: Path, message: str) -> str:
+    """Make ``folder`` a git repository whose one commit (on ``main``) holds its files; that commit."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", message]):
+        subprocess.run([*git, *args], cwd=folder, check=True, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def release_repo(base: Path) -> tuple[str, str]:
     """``(url, commit)``: the package's own files as one commit of a git repository in ``base``."""
     repo = base / "repository"
@@ -105,12 +114,7 @@ def release_repo(base: Path) -> tuple[str, str]:
     for item in PACKAGE_FILES:
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy2)(ROOT / item, repo / item)
     shutil.rmtree(repo / "latentbook" / "__pycache__", ignore_errors=True)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "release"]):
-        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
-                            text=True).stdout.strip()
-    return f"file://{repo}", commit
+    return f"file://{repo}", commit_folder(repo, "release")
 
 
 def run_install_cell(source: str, jupyter_path: Path, folder: Path) -> str:

@@ -3,7 +3,6 @@ Colab renders, solutions fold (or go), the install cell names the built commit, 
 placeholder addresses. The rendering itself, in Chromium, is checked in tests/test_colab_render.py."""
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import colab_env
 from latentbook import build, colab, publish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,9 +187,7 @@ def _repo(tmp_path: Path, config: str) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "_config.yml").write_text(config)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "book"]):
-        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    colab_env.commit_folder(repo, "book")
     return repo
 
 
