@@ -688,13 +688,13 @@ def export_models(root: Path, executed: Path, dest: Path, *, stems: list[str] | 
     return manifest
 
 
-def write_colab(root: Path, executed: Path, out: Path, log=print) -> Path:
-    """The Colab edition of every chapter (:mod:`latentbook.colab`) into ``out/notebooks`` and the
-    student edition into ``out/student/notebooks``: the layout of the repository's ``colab`` branch."""
+def write_colab(root: Path, executed: Path, out: Path, mode: str, log=print) -> Path:
+    """The Colab edition of every chapter (:mod:`latentbook.colab`), executed in ``mode``, into
+    ``out/notebooks`` and the student edition into ``out/student/notebooks``: the layout of the
+    repository's ``colab`` branch."""
     from latentbook import colab
 
-    release = colab.release_from_checkout(root, json.loads((executed / f"{chapters(root)[0]}.json").read_text())
-                                          ["params"]["MODE"])
+    release = colab.release_from_checkout(root, mode)
     if not release.repository:
         log("no repository.url in _config.yml: no Colab edition")
         return out
@@ -731,7 +731,7 @@ def build(root: Path | None = None, params: dict | None = None, *, only: list[st
             start = time.perf_counter()
             html = build_site(root, executed, root / "_build" / mode, log=log)
             export_models(root, executed, html / "models", log=log)
-            write_colab(root, executed, root / "_build" / mode / "colab", log=log)
+            write_colab(root, executed, root / "_build" / mode / "colab", mode, log=log)
             if student:
                 build_site(root, executed, root / "_build" / f"{mode}-student", log=log, student=True)
             runs.append(ChapterRun("(site build)", time.perf_counter() - start, "built"))
