@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "build", "chapter", "classifier", "data", "evaluate", "explorer", "losses", "models", "montecarlo", "noise",
-    "pca", "plots", "ppca", "runmode", "train", "zoo",
+    "build", "chapter", "classifier", "data", "diagrams", "evaluate", "exercises", "explorer", "information",
+    "losses", "models", "montecarlo", "noise", "pca", "plots", "ppca", "runmode", "train", "zoo",
 }
 
 

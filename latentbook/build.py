@@ -46,9 +46,11 @@ VENDOR = {
     # what Colab renders Markdown cells and their math with: tests/colab_render.py renders the Colab edition
     "marked": ("marked@15.0.12", "sha512-8dD6FusOQSrpv9Z1rdNMdlSgQOIP880DHqnohobOmYLElGEqAL/JvxvuxZO16r4HtjTlfPRDC1hbvxC9dPN2nA=="),
     "katex": ("katex@0.16.47", "sha512-Eeo8Ys1doU1z+x8AZsPpQu+p/QcZBI5PeOo7QGQdy2x2m0MU/hYagBbGOmXwr5KVbEfVuWv9LpnQWeehogurjg=="),
+    # the accessibility checker the browser tests run on every page (tests/test_accessibility.py)
+    "axe-core": ("axe-core@4.14.1", "sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ=="),
 }
 
-SITE_VENDOR = ("mathjax", "requirejs", "html-manager")  # the rest (marked, KaTeX) render the Colab check
+SITE_VENDOR = ("mathjax", "requirejs", "html-manager")  # the rest (marked, KaTeX, axe-core) serve the tests
 
 DEFAULT_PARAMS = {"MODE": "full", "DEVICE": "auto", "DATASET": "mnist", "SEED": 0}
 
@@ -589,6 +591,7 @@ def build_site(root: Path, executed: Path, out: Path, log=print, *, student: boo
     """Jupyter Book 1 (through Sphinx) from the executed notebooks; warnings are errors. The student
     edition leaves out every solution and quiz answer (:func:`latentbook.colab.without_solutions`)."""
     import nbformat
+    import yaml
 
     from latentbook import colab
 
@@ -597,9 +600,13 @@ def build_site(root: Path, executed: Path, out: Path, log=print, *, student: boo
     src.mkdir(parents=True, exist_ok=True)
     _write_if_changed(site_config(root, student=student), src / "_config.yml")
     _copy_if_changed(root / "_toc.yml", src / "_toc.yml")
-    for extra in ("references.bib",):
-        if (root / extra).is_file():
-            _copy_if_changed(root / extra, src / extra)
+    # the bibliography (references.bib, named by _config.yml's bibtex_bibfiles) reaches the site only here;
+    # a changed entry rewrites every page below (-a): a page that only cites it would keep the old text
+    bib_changed = False
+    for bib in yaml.safe_load((root / "_config.yml").read_text()).get("bibtex_bibfiles") or []:
+        if not (root / bib).is_file():
+            raise BuildError(f"_config.yml's bibtex_bibfiles names {bib}, which {root} lacks")
+        bib_changed |= _copy_if_changed(root / bib, src / bib)
     missing = [stem for stem in chapters(root) if not (executed / f"{stem}.ipynb").is_file()]
     if missing:
         raise BuildError(f"not executed yet in {executed}: {missing} (build without --chapters, or use --no-site)")
@@ -618,7 +625,7 @@ def build_site(root: Path, executed: Path, out: Path, log=print, *, student: boo
                 _copy_if_changed(img, src / "notebooks" / "images" / img.relative_to(root / "book" / "images"))
     assets = src / "assets"
     assets.mkdir(exist_ok=True)
-    changed = False
+    changed = bib_changed
     for shim in [*(root / "_assets").glob("*.js"), *(root / "_assets").glob("*.css")]:  # ours, beside the vendored
         changed |= _copy_if_changed(shim, assets / shim.name)
     for exported in sorted((executed / "explorer").glob("*.bin")):  # decoders of the in-browser explorers

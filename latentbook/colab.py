@@ -5,7 +5,11 @@ Made from the same sources and the same execution as the site (``_executed/<mode
 - MyST becomes CommonMark: admonitions, theorems and proofs become bold-titled paragraphs or
   quotes; quizzes and solutions fold into ``<details>``; ``{glue:text}`` roles become the published
   run's numbers, each marked ``†``; ``{prf:ref}`` roles become the statement's name (and a link to the
-  chapter it is in). A directive or role this module does not know is an error, never raw text.
+  chapter it is in). Citations (``{cite:t}``, ``{cite:p}``) and the ``{bibliography}`` read as on the site
+  (:mod:`latentbook.citations`, from ``references.bib``); a ``{glossary}`` becomes a definition list and a
+  ``{term}`` links to the chapter that defines it; ``{ref}``, ``{doc}``, ``{numref}`` and Markdown links to
+  other chapters point at those chapters' Colab notebooks. A directive or role this module does not know
+  is an error, never raw text.
 - The first code cell installs the package at the commit the site was built from (``%pip``) and
   points the store at the published models; the parameters cell is explained (``MODE``, measured times).
 - The published outputs stay (figures show before anything runs); widgets and glue records, which
@@ -30,6 +34,14 @@ import nbformat
 
 GLUE = re.compile(r"\{glue:text\}`([^`]+)`")
 PRF_REF = re.compile(r"\{prf:ref\}`([^`]+)`")
+CITE = re.compile(r"\{cite(?::(?P<role>[a-z]+))?\}`(?P<targets>[^`]+)`")  # as latentbook.citations.CITE
+TERM = re.compile(r"\{term\}`([^`]+)`")
+XREF = re.compile(r"\{(?P<role>ref|numref|doc)\}`(?P<target>[^`]+)`")
+EXPLICIT = re.compile(r"^(?P<text>.*?)\s*<(?P<target>[^<>]+)>$")  # {role}`text <target>`
+TARGET = re.compile(r"^\((?P<label>[\w.:-]+)\)=\s*$")  # (label)= before a heading
+HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*$")
+MD_LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^()\s]+)\)")
+CODE_FENCE = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 ANY_ROLE = re.compile(r"\{[a-z][\w:-]*\}`")
 OPEN = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w:-]+)\}[ \t]*(?P<arg>.*?)\s*$")
 OPTION = re.compile(r"^:(?P<key>[\w-]+):\s*(?P<value>.*?)\s*$")
@@ -97,9 +109,50 @@ def _parse(lines: list[str]) -> list[str | _Directive]:
             k += 1
         if k == len(lines):
             raise ColabError(f"the directive {{{m['name']}}} opened by {lines[i]!r} is never closed")
+        if fence[0] == "`" and _open_code_fence(lines[j:k]):
+            raise ColabError(f"the directive {{{m['name']}}} opened by {lines[i]!r} holds a code block whose closing "
+                             f"fence ends the directive: open the directive with a longer fence ({'`' * (len(fence) + 1)}"
+                             f"{{{m['name']}}}), as MyST needs too")
         out.append(_Directive(m["name"], m["arg"], options, lines[j:k]))
         i = k + 1
     return out
+
+
+def _open_code_fence(lines: list[str]) -> str | None:
+    """The fence of a code block that ``lines`` open and do not close (None if every block closes)."""
+    open_fence = None
+    for line in lines:
+        m = CODE_FENCE.match(line) or OPEN.match(line)
+        if not m:
+            continue
+        if open_fence is None:
+            open_fence = m["fence"]
+        elif m["fence"][0] == open_fence[0] and len(m["fence"]) >= len(open_fence) and not line.strip().strip("`~:"):
+            open_fence = None
+    return open_fence
+
+
+def _glossary(d: _Directive) -> list[tuple[list[str], list[str]]]:
+    """A ``{glossary}``'s entries: (terms, definition lines, dedented), sorted if ``:sorted:``."""
+    import textwrap
+
+    entries: list[tuple[list[str], list[str]]] = []
+    for line in d.body:
+        if not line.strip():
+            if entries:
+                entries[-1][1].append("")
+        elif not line[0].isspace():
+            if not entries or any(s.strip() for s in entries[-1][1]):
+                entries.append(([], []))
+            entries[-1][0].append(line.strip().split(" : ")[0])
+        elif not entries:
+            raise ColabError(f"a {{glossary}} definition before any term: {line.strip()!r}")
+        else:
+            entries[-1][1].append(line)
+    entries = [(terms, _trim(textwrap.dedent("\n".join(body)).splitlines())) for terms, body in entries]
+    if "sorted" in d.options:
+        entries.sort(key=lambda e: e[0][0].lower())
+    return entries
 
 
 def _trim(lines: list[str]) -> list[str]:
@@ -131,9 +184,15 @@ def _details(summary: str, body: list[str]) -> list[str]:
 
 class _Converter:
     def __init__(self, stem: str, values: dict[str, str], labels: dict[str, tuple[str, str, str]],
-                 titles: dict[str, str], release: Release, student: bool):
+                 titles: dict[str, str], release: Release, student: bool, *, terms: dict[str, str] | None = None,
+                 targets: dict[str, tuple[str, str]] | None = None, bib=None, cited: list[str] | None = None):
         self.stem, self.values, self.labels, self.titles = stem, values, labels, titles
         self.release, self.student = release, student
+        self.terms = terms or {}  # glossary term (lower case) -> the chapter that defines it
+        self.targets = targets or {}  # (label)= target -> (chapter, the heading it labels)
+        self.bib = bib  # references.bib (pybtex), for {cite} roles and {bibliography}
+        self.cited = cited  # the keys the whole chapter cites (its {bibliography}); None: those seen so far
+        self.seen: list[str] = []
         self.exercises: dict[str, int] = {}  # label -> number in this chapter
 
     def markdown(self, text: str) -> str:
@@ -141,12 +200,81 @@ class _Converter:
 
     def _lines(self, lines: list[str]) -> list[str]:
         out: list[str] = []
+        fence = None  # the fence of the code block we are in: its lines stay as they are
         for item in _parse(lines):
-            if isinstance(item, str):
-                out.append(self._roles(item))
-            else:
+            if not isinstance(item, str):
                 out.extend(self._directive(item))
+                continue
+            m = CODE_FENCE.match(item)
+            if fence is None and m:
+                fence = m["fence"]
+                out.append(item)
+            elif fence is not None:
+                if m and not m["info"].strip() and m["fence"][0] == fence[0] and len(m["fence"]) >= len(fence):
+                    fence = None
+                out.append(item)
+            elif TARGET.match(item):
+                continue  # a (label)= target: {ref}s to it name its heading
+            else:
+                out.append(self._roles(item))
         return out
+
+    def _link(self, text: str, stem: str) -> str:
+        """``text``, linked to chapter ``stem``'s Colab notebook unless that is this one."""
+        return text if stem == self.stem else f"[{text}]({self.release.colab_url(stem, self.student)})"
+
+    def _cite(self, m) -> str:
+        from latentbook import citations
+
+        if self.bib is None:
+            raise ColabError(f"{self.stem}: cites {m[0]!r}, but no references.bib was read")
+        try:
+            self.seen.extend(k for k in citations.cited(m[0]) if k not in self.seen)
+            return citations.cite(self.bib, m["role"] or "p", m["targets"])
+        except citations.CitationError as e:
+            raise ColabError(f"{self.stem}: {m[0]}: {e}") from None
+
+    def _term(self, m) -> str:
+        e = EXPLICIT.match(m[1])
+        text, term = (e["text"], e["target"]) if e else (m[1], m[1])
+        stem = self.terms.get(term.strip().lower())
+        if stem is None:
+            raise ColabError(f"{self.stem}: {{term}} {term!r} is in no {{glossary}}")
+        return self._link(text, stem)
+
+    def _xref(self, m) -> str:
+        e = EXPLICIT.match(m["target"])
+        text, target = (e["text"], e["target"]) if e else (None, m["target"])
+        if m["role"] == "doc":
+            stem = Path(target).name.removesuffix(".md").removesuffix(".ipynb")
+            if stem not in self.titles:
+                raise ColabError(f"{self.stem}: {{doc}} to {target!r}, which is not a chapter")
+            return self._link(text or self.titles[stem], stem)
+        if target in self.targets:
+            stem, title = self.targets[target]
+        elif target in self.labels:
+            kind, title, stem = self.labels[target]
+            title = f"{kind} ({title})" if title else kind
+        else:
+            raise ColabError(f"{self.stem}: {{{m['role']}}} to an unknown label {target!r}")
+        if m["role"] == "numref" and text and re.search(r"%s|\{number\}", text):
+            raise ColabError(f"{self.stem}: {{numref}} {m[0]!r}: the Colab edition has no numbers to fill in")
+        return self._link(text or title, stem)
+
+    def _md_link(self, m) -> str:
+        """``[text](other.md#anchor)`` / ``[text](label)``: to the chapter's Colab notebook."""
+        target = m["target"]
+        if re.match(r"^[a-z][\w+.-]*:|^#|^/", target):
+            return m[0]  # a URL, a same-page anchor or an absolute path: as it is
+        path, _, _anchor = target.partition("#")
+        stem = Path(path).name.removesuffix(".md").removesuffix(".ipynb")
+        if path.endswith((".md", ".ipynb")) and stem in self.titles:
+            return self._link(m["text"], stem)
+        if not _anchor and target in self.targets:
+            return self._link(m["text"], self.targets[target][0])
+        if not _anchor and target in self.labels:
+            return self._link(m["text"], self.labels[target][2])
+        return m[0]  # a relative file (an image): as it is
 
     def _roles(self, line: str) -> str:
         def glue(m):
@@ -164,6 +292,10 @@ class _Converter:
             return f"{name} in [{self.titles[where]}]({self.release.colab_url(where, self.student)})"
 
         line = PRF_REF.sub(ref, GLUE.sub(glue, line))
+        line = CITE.sub(self._cite, line)
+        line = TERM.sub(self._term, line)
+        line = XREF.sub(self._xref, line)
+        line = MD_LINK.sub(self._md_link, line)
         if ANY_ROLE.search(line):
             raise ColabError(f"{self.stem}: a MyST role the Colab edition does not know: {line.strip()!r}")
         return line
@@ -199,7 +331,33 @@ class _Converter:
             if number is None:
                 raise ColabError(f"{self.stem}: a solution to {d.arg!r}, which is not an exercise before it")
             return _details(f"<b>Solution to Exercise {number}</b>", body) + [""]
+        if d.name == "bibliography":
+            return self._bibliography(d)
+        if d.name == "glossary":
+            out = ["<dl>"]
+            for terms, definition in _glossary(d):
+                out.extend(f"<dt><b>{_inline_html(self._roles(term))}</b></dt>" for term in terms)
+                out.extend(["<dd>", "", *self._lines(definition), "", "</dd>"])
+            return out + ["</dl>", ""]
         raise ColabError(f"{self.stem}: the Colab edition does not know the directive {{{d.name}}}")
+
+    def _bibliography(self, d: _Directive) -> list[str]:
+        """The chapter's reference list: the keys it cites (``:filter: docname in docnames``, the only
+        filter the book uses) and those the directive lists, formatted as on the site."""
+        from latentbook import citations
+
+        unknown = set(d.options) - {"filter", "style"}
+        if unknown or d.options.get("filter", "").split() != ["docname", "in", "docnames"] \
+                or d.options.get("style", citations.ENTRY_STYLE) != citations.ENTRY_STYLE:
+            raise ColabError(f"{self.stem}: a {{bibliography}} with options {d.options}: the Colab edition knows "
+                             "':filter: docname in docnames' (a chapter's own references) only")
+        if self.bib is None:
+            raise ColabError(f"{self.stem}: a {{bibliography}}, but no references.bib was read")
+        keys = [*(self.cited if self.cited is not None else self.seen), *(s.strip() for s in d.body if s.strip())]
+        try:
+            return [*citations.bibliography(self.bib, keys), ""]
+        except citations.CitationError as e:
+            raise ColabError(f"{self.stem}: {{bibliography}}: {e}") from None
 
 
 def without_solutions(text: str) -> str:
@@ -217,6 +375,11 @@ def without_solutions(text: str) -> str:
         else:
             out.extend(item[1])
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _keys(targets: str) -> list[str]:
+    """The keys of a citation's targets (``{pre}key{post}, key2``)."""
+    return [re.sub(r"\{[^{}]*\}", "", t).strip() for t in targets.split(",")]
 
 
 def _parse_keep(lines: list[str]):
@@ -268,17 +431,52 @@ def labels(root: Path, stems: list[str]) -> tuple[dict[str, tuple[str, str, str]
     return found, titles
 
 
+@dataclass
+class Index:
+    """What converting one chapter needs to know about the others."""
+
+    labels: dict[str, tuple[str, str, str]]  # prf/exercise label -> (kind, title, chapter)
+    titles: dict[str, str]  # chapter -> its title
+    terms: dict[str, str]  # glossary term, lower case -> the chapter whose {glossary} defines it
+    targets: dict[str, tuple[str, str]]  # (label)= target -> (chapter, the heading it labels)
+    bib: object | None  # references.bib, parsed (None where the checkout has none)
+
+
+def book_index(root: Path, stems: list[str]) -> Index:
+    """The :class:`Index` of the chapters ``stems`` (and ``references.bib``)."""
+    found, titles = labels(root, stems)
+    terms, targets = {}, {}
+    for stem in stems:
+        lines = (root / "book" / f"{stem}.md").read_text().splitlines()
+        for item in _parse(lines):
+            if isinstance(item, _Directive) and item.name == "glossary":
+                for names, _ in _glossary(item):
+                    terms.update({name.lower(): stem for name in names})
+        for i, line in enumerate(lines):
+            if m := TARGET.match(line):
+                after = next((s for s in lines[i + 1:] if s.strip()), "")
+                heading = HEADING.match(after)
+                targets[m["label"]] = (stem, heading["title"] if heading else titles[stem])
+    bib = None
+    if (root / "references.bib").is_file():
+        from latentbook import citations
+
+        bib = citations.load(root)
+    return Index(found, titles, terms, targets, bib)
+
+
 def chapter_times(root: Path, stem: str) -> str:
     """What the parameters cell says about time: measured figures from ``benchmarks/results``."""
     parts = []
     results = root / "benchmarks" / "results"
     try:
         runs = json.loads((results / "published_weights.json").read_text())["runs"]
-        run = runs[-1]
+        # the newest run that measured this chapter (a run may measure only the chapters it names)
+        run = next(r for r in reversed(runs) if stem in r["per_chapter"])
         cold = run["per_chapter"][stem]["cold_s"]
         parts.append(f"with the published models, about {cold:.0f} s on a {run['machine']['cpu_count']}-core CPU "
                      f"(measured {run['date'][:10]}, a fresh runtime fetching them)")
-    except (OSError, KeyError, IndexError, ValueError):
+    except (OSError, KeyError, StopIteration, ValueError):
         pass
     try:
         table = (results / "full_build_cold.txt").read_text()
@@ -376,11 +574,15 @@ def _outputs(cell) -> list:
 
 
 def notebook(root: Path, stem: str, executed: Path, release: Release, *, student: bool = False,
-             index: tuple[dict, dict] | None = None) -> nbformat.NotebookNode:
+             index: Index | None = None) -> nbformat.NotebookNode:
     """The Colab notebook of chapter ``stem`` from its execution ``executed`` (an ``.ipynb``)."""
     run = nbformat.read(executed, as_version=4)
-    labels_, titles = index or labels(root, [stem])
-    convert = _Converter(stem, glued(run), labels_, titles, release, student)
+    index = index or book_index(root, [stem])
+    shown = "\n".join(without_solutions(c.source) if student else c.source
+                      for c in run.cells if c.cell_type == "markdown")
+    cited = list(dict.fromkeys(k for m in CITE.finditer(shown) for k in _keys(m["targets"])))
+    convert = _Converter(stem, glued(run), index.labels, index.titles, release, student, terms=index.terms,
+                         targets=index.targets, bib=index.bib, cited=cited)
     cells = [nbformat.v4.new_markdown_cell(header_markdown(stem, release, student))]
     installed = False
     for cell in run.cells:
@@ -421,7 +623,7 @@ def write(root: Path, executed_dir: Path, out_dir: Path, release: Release, *, st
     """Every chapter's Colab notebook into ``out_dir`` (written whole, atomically)."""
     from latentbook import store
 
-    index = labels(root, stems)
+    index = book_index(root, stems)
     paths = []
     for stem in stems:
         nb = notebook(root, stem, executed_dir / f"{stem}.ipynb", release, student=student, index=index)

@@ -5,7 +5,10 @@
  *   data-meta  JSON: layer sizes and activations, the number of codes, the file's SHA-256, plot limits.
  * The file holds, in order: for each layer its weight [out, in] (row-major) and bias [out], then the
  * codes [n, 2] and their labels (uint8). Clicking or dragging on the plane decodes that point.
- * After each decode the div's data-z holds "z1,z2" (read by the browser test).
+ * From the keyboard: the plane takes focus (Tab), the arrow keys move the point by 1/80 of the plane's
+ * width (Shift: 1/16), Home goes back to the start. The coordinates, and the class of the nearest drawn
+ * code, are announced in a polite live region (.lb-z), so a screen reader says where the point is.
+ * After each decode the div's data-z holds "z1,z2" (read by the browser tests).
  */
 (function () {
   "use strict";
@@ -63,15 +66,22 @@
     root.dataset.ready = "loading";
     var meta = JSON.parse(root.dataset.meta);
     var lim = meta.lim, size = 300;
+    var id = root.id || "lb-explorer";
     root.innerHTML =
       '<div style="display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start">' +
-      '<canvas class="lb-plane" style="width:' + size + 'px;height:' + size + 'px;cursor:crosshair;' +
-      'border:1px solid #ccc;touch-action:none"></canvas>' +
-      '<div><canvas class="lb-digit" width="28" height="28" style="width:168px;height:168px;' +
-      'image-rendering:pixelated;border:1px solid #ccc;background:#000"></canvas>' +
-      '<div class="lb-z" style="font-family:monospace;margin-top:6px"></div>' +
+      '<canvas class="lb-plane" tabindex="0" role="application" aria-roledescription="latent plane" ' +
+      'aria-label="Plane of two-dimensional codes, z1 to the right and z2 upward, from ' + lim[0] +
+      ' to ' + lim[1] + ': click, drag, or use the arrow keys (Shift for bigger steps, Home to go back) ' +
+      'to move the point the decoder draws" aria-describedby="' + id + '-z" ' +
+      'style="width:' + size + 'px;height:' + size + 'px;max-width:100%;cursor:crosshair;' +
+      'border:1px solid #767676;touch-action:none"></canvas>' +
+      '<div><canvas class="lb-digit" width="28" height="28" role="img" ' +
+      'aria-label="The image the decoder makes of the chosen point" style="width:168px;height:168px;' +
+      'image-rendering:pixelated;border:1px solid #767676;background:#000"></canvas>' +
+      '<div class="lb-z" id="' + id + '-z" role="status" aria-live="polite" aria-atomic="true" ' +
+      'style="font-family:monospace;margin-top:6px;max-width:200px"></div>' +
       '<div class="lb-legend" style="font-size:12px;margin-top:6px;max-width:180px"></div></div></div>' +
-      '<div class="lb-status" style="font-size:13px;color:#666;margin-top:4px">loading the decoder\u2026</div>';
+      '<div class="lb-status" style="font-size:13px;color:#595959;margin-top:4px">loading the decoder\u2026</div>';
     var plane = root.querySelector(".lb-plane"), digit = root.querySelector(".lb-digit");
     var status = root.querySelector(".lb-status"), zText = root.querySelector(".lb-z");
     var ratio = window.devicePixelRatio || 1;
@@ -120,8 +130,21 @@
                     2 * ratio, 2 * ratio);
       }
       var ctx = plane.getContext("2d"), dctx = digit.getContext("2d");
+      var current = (meta.start || [0, 0]).slice();
+
+      function nearestClass(z) {  // the class of the drawn code nearest to z: what the reader sees there
+        var best = -1, bestD = Infinity;
+        for (var i = 0; i < meta.n_codes; i++) {
+          var dx = net.codes[2 * i] - z[0], dy = net.codes[2 * i + 1] - z[1], d = dx * dx + dy * dy;
+          if (d < bestD) { bestD = d; best = i; }
+        }
+        if (best < 0 || !(meta.classes || []).length) return "";
+        return "; nearest code: " + meta.classes[net.labels[best]];
+      }
 
       function show(z) {
+        z = [Math.min(lim[1], Math.max(lim[0], z[0])), Math.min(lim[1], Math.max(lim[0], z[1]))];
+        current = z;
         var img = decode(net.layers, z), data = dctx.createImageData(28, 28);
         for (var p = 0; p < 784; p++) {
           var v = Math.round(255 * Math.min(1, Math.max(0, img[p])));
@@ -134,7 +157,7 @@
         ctx.strokeStyle = "#000"; ctx.lineWidth = 2.5 * ratio;
         ctx.beginPath(); ctx.moveTo(px - r, py - r); ctx.lineTo(px + r, py + r);
         ctx.moveTo(px - r, py + r); ctx.lineTo(px + r, py - r); ctx.stroke();
-        zText.textContent = "z = (" + z[0].toFixed(2) + ", " + z[1].toFixed(2) + ")";
+        zText.textContent = "z = (" + z[0].toFixed(2) + ", " + z[1].toFixed(2) + ")" + nearestClass(z);
         root.dataset.z = z[0] + "," + z[1];
       }
 
@@ -149,8 +172,18 @@
       });
       plane.addEventListener("pointermove", function (ev) { if (dragging) show(fromEvent(ev)); });
       plane.addEventListener("pointerup", function () { dragging = false; });
+      var MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] };
+      plane.addEventListener("keydown", function (ev) {
+        if (ev.key === "Home") { show(meta.start || [0, 0]); ev.preventDefault(); return; }
+        var m = MOVES[ev.key];
+        if (!m || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+        var step = (lim[1] - lim[0]) / (ev.shiftKey ? 16 : 80);  // 0.1 and 0.5 on [-4, 4]
+        show([current[0] + m[0] * step, current[1] + m[1] * step]);
+        ev.preventDefault();  // the arrows move the point, not the page
+      });
       show(meta.start || [0, 0]);
-      status.textContent = "Click or drag on the plane: the decoder runs in your browser.";
+      status.textContent = "Click or drag on the plane, or focus it and use the arrow keys: " +
+        "the decoder runs in your browser.";
       root.dataset.ready = "yes";
     }).catch(function (err) {
       status.textContent = "The in-browser explorer could not start (" + err.message + "). " +

@@ -4,7 +4,9 @@
   the decoded image. Needs a running kernel (Jupyter, Colab).
 * :func:`static_explorer`: the same for the book's static website, with no kernel: the decoder's weights
   are exported to a compact file (:func:`export_decoder`) and a small script of ours
-  (``explorer.js``, inlined in the output) runs the decoder in the reader's browser.
+  (``explorer.js``, inlined in the output) runs the decoder in the reader's browser. It works from the
+  keyboard too (Tab to the plane, arrow keys move the point, Shift for bigger steps) and announces the
+  point's coordinates and the nearest code's class in a polite live region, for screen readers.
 * :func:`interpolation_explorer`: sliders for two test images and a position t along the line
   between their codes.
 

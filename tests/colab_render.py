@@ -323,7 +323,7 @@ window.lbProblems = check().then(p => {{ done(); return p; }}, e => {{ done(); r
 
 def page_html(nb, title: str) -> str:
     """The HTML page rendering the notebook ``nb`` (an ``nbformat`` node) as Colab would."""
-    cells = json.dumps(_cells_json(nb), ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+    cells = json.dumps(_cells_json(nb), ensure_ascii=False).replace("</", "<\\/").replace("<!--", "\\u003c!--")
     return PAGE.format(title=html.escape(title), cells=cells)
 
 

@@ -2,6 +2,7 @@
 Colab renders, solutions fold (or go), the install cell names the built commit, and publishing refuses
 placeholder addresses. The rendering itself, in Chromium, is checked in tests/test_colab_render.py."""
 
+import html
 import json
 import re
 import subprocess
@@ -11,7 +12,7 @@ import nbformat
 import pytest
 
 import colab_env
-from latentbook import build, colab, publish
+from latentbook import build, citations, colab, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = build.chapters(ROOT)
@@ -20,10 +21,13 @@ RELEASE = colab.Release("https://github.com/someone/latentbook", "0123456789abcd
 RAW_MYST = re.compile(r"\{glue|```\{|:::\{|\{prf:|\{ref\}|\{doc\}|^:label:|^:class:", re.M)
 
 
-def _convert(text: str, values=None, labels=None, student=False) -> str:
+BIB = citations.load(ROOT)
+
+
+def _convert(text: str, values=None, labels=None, student=False, **index) -> str:
     labels = labels or {"thm-a": ("Theorem", "Eckart–Young", "pca")}
-    titles = {"pca": "PCA", "vae": "VAEs"}
-    return colab._Converter("vae", values or {}, labels, titles, RELEASE, student).markdown(text)
+    titles = {"pca": "PCA", "vae": "VAEs", "background": "Background"}
+    return colab._Converter("vae", values or {}, labels, titles, RELEASE, student, bib=BIB, **index).markdown(text)
 
 
 def test_glued_numbers_become_the_published_values_marked():
@@ -41,7 +45,7 @@ def test_references_name_the_statement_and_link_its_chapter():
     with pytest.raises(colab.ColabError, match="unknown label"):
         _convert("{prf:ref}`thm-missing`")
     with pytest.raises(colab.ColabError, match="role"):
-        _convert("see {doc}`pca`")
+        _convert("see {eq}`pca`")
 
 
 def test_theorems_proofs_and_admonitions_become_markdown():
@@ -114,6 +118,106 @@ def test_what_it_cannot_render_is_an_error_not_raw_text():
         _convert("```{solution} ex-9\nx\n```")
 
 
+def test_citations_read_as_on_the_site_and_the_bibliography_lists_them():
+    assert _convert("As {cite:t}`kingma2014auto` showed.") == "As Kingma and Welling (2014) showed."
+    assert _convert("A bound {cite:p}`kingma2014auto,burda2016importance`.") == \
+        "A bound (Burda *et al.*, 2016; Kingma and Welling, 2014)."  # the reference list's order, as on the site
+    assert _convert("{cite:t}`burda2016importance{Table 1}`, {cite:p}`{LoRA;}hu2022lora`") == \
+        "Burda *et al.* (2016, Table 1), (LoRA; Hu *et al.*, 2022)"
+    assert _convert("{cite:t}`golub2013matrix`, {cite:t}`oord2017neural`, {cite}`kish1965survey`") == \
+        "Golub and Van\u00a0Loan (2013), van\u00a0den Oord *et al.* (2017), (Kish, 1965)"  # as on the site
+    with pytest.raises(colab.ColabError, match="no entry 'nobody2020'"):
+        _convert("{cite:t}`nobody2020`")
+    with pytest.raises(colab.ColabError, match="unknown citation role"):
+        _convert("{cite:zz}`kingma2014auto`")
+    text = """{cite:p}`kingma2014auto` and {cite:t}`burda2016importance`.
+
+## References
+
+```{bibliography}
+:filter: docname in docnames
+
+kish1965survey
+```
+"""
+    out = _convert(text)
+    refs = out.split("## References")[1].strip().replace("\u00a0", " ").splitlines()  # ties: no-break spaces
+    assert refs == [  # sorted by author, as the site sorts them; the listed key too
+        "- Y. Burda, R. Grosse, and R. Salakhutdinov (2016). Importance weighted autoencoders. In *International "
+        "Conference on Learning Representations (ICLR)*. [arXiv:1509.00519](https://arxiv.org/abs/1509.00519).",
+        "- D. P. Kingma and M. Welling (2014). Auto-encoding variational Bayes. In *International Conference on "
+        "Learning Representations (ICLR)*. [arXiv:1312.6114](https://arxiv.org/abs/1312.6114).",
+        "- L. Kish (1965). *Survey Sampling*. Wiley."]
+    # the chapter's own citations, wherever they are, are what its bibliography lists (the site's filter)
+    later = colab._Converter("vae", {}, {}, {}, RELEASE, False, bib=BIB, cited=["chatterjee2018sample"])
+    assert later.markdown("```{bibliography}\n:filter: docname in docnames\n```").startswith("- S.\u00a0Chatterjee and P.")
+    with pytest.raises(colab.ColabError, match="filter: docname in docnames"):
+        _convert("```{bibliography}\n:all:\n```")
+    with pytest.raises(colab.ColabError, match="no entry 'nobody2020'"):
+        _convert("```{bibliography}\n:filter: docname in docnames\n\nnobody2020\n```")
+
+
+def test_every_entry_of_references_bib_is_cited_and_formatted():
+    cited = {k for stem in CHAPTERS for k in citations.cited((ROOT / "book" / f"{stem}.md").read_text())}
+    assert cited == set(BIB.entries), set(BIB.entries) ^ cited  # no orphan entry, no missing key
+    for line in citations.bibliography(BIB, sorted(cited)):  # authors (year). title. venue.
+        assert re.match(r"^- \S.* \((1[89]|20)\d\d\)\. \S.+\.$", line), line
+
+
+def test_the_glossary_becomes_a_definition_list_and_terms_link_to_it():
+    text = """:::{glossary}
+ELBO
+  The evidence lower bound, $\\log p(x) - \\mathrm{KL}$, see {prf:ref}`thm-a`.
+
+KL divergence
+Relative entropy
+  A divergence between two distributions.
+
+  Not symmetric.
+:::"""
+    out = _convert(text)
+    assert out.startswith("<dl>\n<dt><b>ELBO</b></dt>\n<dd>\n\nThe evidence lower bound, $\\log p(x) - \\mathrm{KL}$, see "
+                          "*Theorem (Eckart–Young)* in [PCA]")
+    assert "<dt><b>KL divergence</b></dt>\n<dt><b>Relative entropy</b></dt>\n<dd>\n\nA divergence between two " \
+           "distributions.\n\nNot symmetric.\n\n</dd>\n</dl>" in out
+    sorted_ = _convert(":::{glossary}\n:sorted:\n\nb\n  second\n\na\n  first\n:::")
+    assert sorted_.index("<b>a</b>") < sorted_.index("<b>b</b>")
+    terms = {"elbo": "background", "kl divergence": "background", "posterior": "vae"}
+    out = _convert("The {term}`ELBO`, the {term}`divergence <KL divergence>`, the {term}`posterior`.", terms=terms)
+    assert out == (f"The [ELBO]({RELEASE.colab_url('background')}), the "
+                   f"[divergence]({RELEASE.colab_url('background')}), the posterior.")
+    with pytest.raises(colab.ColabError, match="in no {glossary}"):
+        _convert("{term}`entropy`", terms=terms)
+
+
+def test_cross_references_point_to_the_chapters_colab_notebooks():
+    targets = {"sec-iwae": ("pca", "The IWAE bound"), "sec-here": ("vae", "Posterior collapse")}
+    pca = RELEASE.colab_url("pca")
+    out = _convert("(sec-here)=\n## Posterior collapse\n\nSee {ref}`sec-iwae`, {ref}`the bound <sec-iwae>`, "
+                   "{ref}`sec-here`, {numref}`sec-iwae`, {doc}`pca`, {doc}`the PCA chapter <pca>`, "
+                   "{ref}`thm-a`, [that section](pca.md#the-iwae-bound), [it](sec-iwae), [here](#posterior-collapse), "
+                   "[docs](https://example.org/a.md) and ![a](images/a.png).", targets=targets)
+    assert out == ("## Posterior collapse\n\n"
+                   f"See [The IWAE bound]({pca}), [the bound]({pca}), Posterior collapse, [The IWAE bound]({pca}), "
+                   f"[PCA]({pca}), [the PCA chapter]({pca}), [Theorem (Eckart–Young)]({pca}), [that section]({pca}), "
+                   f"[it]({pca}), [here](#posterior-collapse), [docs](https://example.org/a.md) and ![a](images/a.png).")
+    assert _convert("{doc}`pca`", student=True) == f"[PCA]({RELEASE.colab_url('pca', student=True)})"
+    for bad, why in (("{ref}`nowhere`", "unknown label"), ("{doc}`nowhere`", "not a chapter"),
+                     ("{numref}`Fig. %s <sec-iwae>`", "no numbers")):
+        with pytest.raises(colab.ColabError, match=why):
+            _convert(bad, targets=targets)
+
+
+def test_code_inside_a_solution_stays_code():
+    head = "```{exercise}\n:label: ex-1\n\nWrite `f`.\n```\n\n"
+    code = "```python\ndef f(x):\n    return {'a': x}  # {glue:text}`no` [a](pca.md) stays\n```"
+    for opened, closed in (("````{solution} ex-1", "````"), (":::{solution} ex-1", ":::")):
+        out = _convert(f"{head}{opened}\n:class: dropdown\n\nLike this:\n\n{code}\n{closed}\n")
+        assert f"<summary><b>Solution to Exercise 1</b></summary>\n\nLike this:\n\n{code}\n\n</details>" in out
+    with pytest.raises(colab.ColabError, match="longer fence"):  # MyST too would end the solution at the code's ```
+        _convert(f"{head}```{{solution}} ex-1\n:class: dropdown\n\n{code}\n```\n")
+
+
 def _solution_fragments() -> dict[str, list[str]]:
     """Per chapter, a plain-text fragment (30+ characters of words) of every solution and quiz answer."""
     found = {}
@@ -122,7 +226,8 @@ def _solution_fragments() -> dict[str, list[str]]:
         for item in colab._parse((ROOT / "book" / f"{stem}.md").read_text().splitlines()):
             if isinstance(item, colab._Directive) and (item.name == "solution" or (
                     item.name == "admonition" and "dropdown" in item.options.get("class", ""))):
-                runs = re.findall(r"[A-Za-z][A-Za-z ,]{29,}", "\n".join(item.body).replace("\n", " "))
+                prose = re.sub(r"^(`{3,}).*?^\1\s*$", "", "\n".join(item.body), flags=re.M | re.S)  # not code
+                runs = re.findall(r"[A-Za-z][A-Za-z ,]{29,}", prose.replace("\n", " "))
                 assert runs, (stem, item.body)
                 frags.append(max(runs, key=len).strip())
         found[stem] = frags
@@ -158,6 +263,30 @@ def test_the_colab_edition_of_every_chapter(smoke_build):
             assert flat.rfind("<details>", 0, at) > flat.rfind("</details>", 0, at), (stem, fragment)
         assert not any(o.get("output_type") == "display_data" and "application/vnd.jupyter.widget-view+json" in o["data"]
                        for c in code for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_citations_and_reference_lists_read_the_same_on_the_site_and_in_colab(smoke_build):
+    def plain(markdown: str) -> str:  # the words a reader sees
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown.replace("*", ""))
+        return re.sub(r"\s+", " ", text).strip()
+
+    site = ROOT / "_build" / "smoke" / "html" / "notebooks"
+    for stem in CHAPTERS:
+        source = (ROOT / "book" / f"{stem}.md").read_text()
+        page = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", (site / f"{stem}.html").read_text())))
+        colab_md = re.sub(r"\s+", " ", "\n".join(
+            c.source for c in nbformat.read(ROOT / "_build" / "smoke" / "colab" / "notebooks" / f"{stem}.ipynb",
+                                            as_version=4).cells if c.cell_type == "markdown"))
+        for m in colab.CITE.finditer(source):
+            text = citations.cite(BIB, m["role"] or "p", m["targets"])
+            assert plain(text) in page, (stem, m[0], plain(text))
+            assert re.sub(r"\s+", " ", text) in colab_md, (stem, m[0])
+        entries = citations.bibliography(BIB, citations.cited(source))
+        assert entries, stem
+        for entry in entries:  # each entry of the page's list, in the Colab notebook's list too
+            assert plain(entry[2:]) in page, (stem, plain(entry[2:]))
+            assert re.sub(r"\s+", " ", entry) in colab_md, (stem, entry)
 
 
 @pytest.mark.slow

@@ -164,6 +164,62 @@ def test_in_browser_explorer_matches_pytorch(trained, tmp_path, browser, serve):
     page.close()
 
 
+def explorer_z(page, selector):
+    """The code the explorer ``selector`` decoded last, from its data-z."""
+    return [float(v) for v in page.locator(selector).get_attribute("data-z").split(",")]
+
+
+@pytest.mark.slow
+def test_in_browser_explorer_works_from_the_keyboard(trained, tmp_path, browser, serve):
+    """Tab focuses the plane; the arrow keys move the point by 1/80 of the plane (Shift: 1/16), up is
+    +z₂, Home returns to the start; each move redraws the digit as PyTorch decodes the new code and
+    rewrites the polite live region that a screen reader announces."""
+    model, codes, labels = trained
+    shown = explorer.static_explorer(model, codes, labels, [str(k) for k in range(10)], name="keys",
+                                     folder=tmp_path / "explorer", url="explorer/keys.bin", start=(0.5, -1.0))
+    (tmp_path / "index.html").write_text(f"<!doctype html><html><body>{shown.data}</body></html>")
+    page = browser.new_page(viewport={"width": 900, "height": 600})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{serve(tmp_path)}/index.html")
+    sel = "#lb-explorer-keys"
+    page.wait_for_function(f"() => document.querySelector({sel!r}).dataset.ready === 'yes'", timeout=20000)
+    plane, live = page.locator(f"{sel} canvas.lb-plane"), page.locator(f"{sel} .lb-z")
+    assert plane.get_attribute("tabindex") == "0" and plane.get_attribute("role") == "application"
+    assert "arrow keys" in plane.get_attribute("aria-label")
+    assert live.get_attribute("aria-live") == "polite" and plane.get_attribute("aria-describedby") == live.get_attribute("id")
+    assert page.locator(f"{sel} canvas.lb-digit").get_attribute("role") == "img"
+    page.keyboard.press("Tab")  # the plane is the page's first focusable element
+    assert page.evaluate(f"() => document.activeElement === document.querySelector('{sel} canvas.lb-plane')")
+    assert explorer_z(page, sel) == pytest.approx([0.5, -1.0])
+    said = [live.inner_text()]
+    assert said[0].startswith("z = (0.50, -1.00); nearest code: ")
+
+    moves = [("ArrowRight", [0.6, -1.0]), ("ArrowUp", [0.6, -0.9]), ("Shift+ArrowLeft", [0.1, -0.9]),
+             ("Shift+ArrowDown", [0.1, -1.4]), ("Home", [0.5, -1.0])]
+    images = []
+    for key, expected in moves:
+        page.keyboard.press(key)
+        assert explorer_z(page, sel) == pytest.approx(expected, abs=1e-6), key
+        said.append(live.inner_text())
+        assert said[-1].startswith(f"z = ({expected[0]:.2f}, {expected[1]:.2f})"), (key, said[-1])
+        pixels = page.evaluate(f"""() => Array.from(document.querySelector({sel!r}).querySelector('canvas.lb-digit')
+                                   .getContext('2d').getImageData(0, 0, 28, 28).data)""")
+        images.append(torch.tensor(pixels, dtype=torch.float32).reshape(784, 4)[:, 0] / 255)
+    assert len(set(said)) == len(moves)  # the last move (Home) is back at the start: said again
+    # the digit drawn after each key is PyTorch's decode of the new code
+    with torch.no_grad():
+        reference = model.decode(torch.tensor([e for _, e in moves])).reshape(len(moves), 784)
+    assert (torch.stack(images) - reference).abs().max() < 0.02 + 1 / 255
+    # the point stays on the plane however long a key is held
+    for _ in range(12):
+        page.keyboard.press("Shift+ArrowRight")
+    assert explorer_z(page, sel)[0] == pytest.approx(4.0)
+    # the page did not scroll away under the arrow keys, and nothing failed
+    assert page.evaluate("() => window.scrollY") == 0 and errors == []
+    page.close()
+
+
 @pytest.mark.slow
 def test_in_browser_explorer_refuses_a_damaged_file(trained, tmp_path, browser, serve):
     model, codes, labels = trained
