@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentbook import losses, montecarlo
+
 __all__ = ["Feedback", "Case", "Mistake", "Exercise", "EXERCISES", "register", "check", "names", "spec"]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -634,7 +636,7 @@ register(Exercise(
 
 
 def _naive_log_px(log_px_z: Tensor) -> Tensor:
-    return torch.logsumexp(log_px_z, 0) - math.log(log_px_z.shape[0])
+    return montecarlo.log_mean_exp(log_px_z, 0)
 
 
 register(Exercise(
@@ -667,14 +669,9 @@ register(Exercise(
 # elbo: one image's ELBO, Bernoulli decoder, Gaussian q
 
 
-def _log_normal(z: Tensor, mu: Tensor | float, logvar: Tensor | float) -> Tensor:
-    logvar = torch.as_tensor(logvar, dtype=z.dtype)
-    return (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))).sum(-1)
-
-
 def _elbo_estimate(x: Tensor, logits: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-    return log_px_z + _log_normal(z, 0.0, 0.0) - _log_normal(z, mu, logvar)
+    return log_px_z + losses.log_normal_diag(z, 0.0, 0.0) - losses.log_normal_diag(z, mu, logvar)
 
 
 def _elbo_variant(rec_reduce: str = "sum", q_sign: float = -1.0, half: float = 0.5, var_of=torch.exp,
@@ -778,7 +775,7 @@ register(Exercise(
 
 def _score_surrogate(f: Callable[[Tensor], Tensor], mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     z = (mu + torch.exp(0.5 * logvar) * eps).detach()  # samples: no path back to mu, logvar
-    return (f(z).detach() * _log_normal(z, mu, logvar)).mean()
+    return (f(z).detach() * losses.log_normal_diag(z, mu, logvar)).mean()
 
 
 def _observe_surrogate(fn: Callable, args: tuple) -> dict[str, Any]:
@@ -826,7 +823,7 @@ register(Exercise(
     mistakes=(
         Mistake("a forgotten detach: gradient flows through the sample z (and f(z)); detach z before "
                 "computing f(z) and log q(z)",
-                lambda f, mu, lv, eps: (lambda z: (f(z) * _log_normal(z, mu, lv)).mean())(
+                lambda f, mu, lv, eps: (lambda z: (f(z) * losses.log_normal_diag(z, mu, lv)).mean())(
                     mu + torch.exp(0.5 * lv) * eps)),
         Mistake("the sign: the surrogate's gradient must be + f(z) grad log q(z)",
                 lambda f, mu, lv, eps: -_score_surrogate(f, mu, lv, eps)),
@@ -835,7 +832,7 @@ register(Exercise(
         Mistake("log q must keep its gradient to mu and logvar: detach only the sample and f(z)",
                 lambda f, mu, lv, eps: _score_surrogate(f, mu, lv, eps).detach()),
         Mistake("one scalar: average f(z_s) log q(z_s) over the samples",
-                lambda f, mu, lv, eps: (lambda z: f(z) * _log_normal(z, mu, lv))(
+                lambda f, mu, lv, eps: (lambda z: f(z) * losses.log_normal_diag(z, mu, lv))(
                     (mu + torch.exp(0.5 * lv) * eps).detach())),
         Mistake("a missing 1/2 in log q: log N(z; mu, s^2) = -1/2 log(2 pi s^2) - (z - mu)^2 / (2 s^2)",
                 lambda f, mu, lv, eps: (lambda z: (f(z) * (-0.5 * (LOG_2PI + lv) - (z - mu) ** 2
@@ -849,17 +846,13 @@ register(Exercise(
 # vae: the Gaussian KL to the prior
 
 
-def _gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    return 0.5 * (mu**2 + torch.exp(logvar) - logvar - 1).sum(1)
-
-
 register(Exercise(
     name="gaussian_kl",
     chapter="vae",
     signature="gaussian_kl(mu, logvar)",
     spec="mu, logvar: [B, d], the encoder's q(z|x) = N(mu, diag exp(logvar)) for B images. Return [B]: "
          "KL(q(z|x) || N(0, I)) in closed form, summed over the d dimensions.",
-    reference=_gaussian_kl,
+    reference=losses.gaussian_kl,
     cases=(
         Case("q = N(0, I): KL = 0", lambda: (torch.zeros(2, 3, dtype=torch.float64),
                                              torch.zeros(2, 3, dtype=torch.float64))),
@@ -870,8 +863,8 @@ register(Exercise(
     ),
     mistakes=(
         Mistake("the sign: KL is never negative; KL = +1/2 sum(mu^2 + s^2 - log s^2 - 1)",
-                lambda mu, lv: -_gaussian_kl(mu, lv)),
-        Mistake("a missing 1/2 in front of the sum", lambda mu, lv: 2 * _gaussian_kl(mu, lv)),
+                lambda mu, lv: -losses.gaussian_kl(mu, lv)),
+        Mistake("a missing 1/2 in front of the sum", lambda mu, lv: 2 * losses.gaussian_kl(mu, lv)),
         Mistake("logvar is log s^2: the variance is exp(logvar), and log s^2 is logvar itself",
                 lambda mu, lv: 0.5 * (mu**2 + lv - torch.log(lv) - 1).sum(1)),
         Mistake("exp(logvar / 2) is the standard deviation; the formula needs the variance exp(logvar)",
@@ -879,7 +872,7 @@ register(Exercise(
         Mistake("a mean over the d dimensions; the KL of a diagonal Gaussian is their sum",
                 lambda mu, lv: 0.5 * (mu**2 + torch.exp(lv) - lv - 1).mean(1)),
         Mistake("one value per image: sum over dim 1 only, not over the batch",
-                lambda mu, lv: _gaussian_kl(mu, lv).sum()),
+                lambda mu, lv: losses.gaussian_kl(mu, lv).sum()),
         Mistake("the -1 inside the sum is missing (KL(p || p) must be 0)",
                 lambda mu, lv: 0.5 * (mu**2 + torch.exp(lv) - lv).sum(1)),
     ),
@@ -891,8 +884,7 @@ register(Exercise(
 
 
 def _iwae_bound(log_px_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
-    log_w = log_px_z + log_pz - log_qz  # [K, B] log importance weights
-    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+    return montecarlo.log_mean_exp(log_px_z + log_pz - log_qz, 0)  # [K, B] log-weights -> [B]
 
 
 register(Exercise(
