@@ -44,6 +44,7 @@ __all__ = [
     "model_config",
     "train_cached",
     "load_or_train",
+    "takes_labels",
     "VERSION",
 ]
 
@@ -113,25 +114,53 @@ def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and os.environ.get("LATENTBOOK_PROGRESS", "1").strip() not in ("0", "false", "no", "")
 
 
-def _tensor_batches(x: Tensor, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
-    """One epoch of shuffled batches of ``x: [N, ...]`` (already on the generator's device)."""
+def _tensor_batches(x: Tensor, batch_size: int, gen: torch.Generator,
+                    y: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """One epoch of shuffled batches ``(x[i], y[i])`` of ``x: [N, ...]`` and labels ``y: [N]`` (or None),
+    already on the generator's device."""
     perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
     for start in range(0, x.shape[0], batch_size):
-        yield x[perm[start : start + batch_size]]
+        idx = perm[start : start + batch_size]
+        yield x[idx], (None if y is None else y[idx])
 
 
-def _iterable_batches(batches: Iterable[Any], device: torch.device) -> Iterator[Tensor]:
-    """One pass over a DataLoader-like iterable; items are ``x`` or ``(x, y, ...)``."""
+def _iterable_batches(batches: Iterable[Any], device: torch.device,
+                      labels: bool = False) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """One pass over a DataLoader-like iterable; items are ``x`` or ``(x, y, ...)``; ``y`` is kept when
+    ``labels`` (a conditional model)."""
     for item in batches:
         xb = item[0] if isinstance(item, (tuple, list)) else item
-        yield checks.images("each batch of x_train", xb).to(device, non_blocking=True)
+        xb = checks.images("each batch of x_train", xb).to(device, non_blocking=True)
+        if not labels:
+            yield xb, None
+            continue
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError("a conditional model needs batches (x, y) with labels; got a batch without labels")
+        yield xb, _check_labels("each batch's y", item[1], len(xb)).to(device, non_blocking=True)
+
+
+def _check_labels(name: str, y: Any, n: int) -> Tensor:
+    """Class labels ``y: [n]`` (integers 0..9) for a conditional model."""
+    if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != n:
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{name} must be a tensor of {n} class labels [N], got {got}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or (n and (int(y.min()) < 0 or int(y.max()) > 9)):
+        raise ValueError(f"{name} must hold integer class labels 0..9")
+    return y.long()
+
+
+def takes_labels(model: nn.Module) -> bool:
+    """Whether ``model.loss`` takes class labels ``y`` (a conditional model, e.g. the conditional VAE)."""
+    loss = getattr(model, "loss", None)
+    return callable(loss) and "y" in inspect.signature(loss).parameters
 
 
 def _loss_call(model: nn.Module, loss_kwargs: dict[str, Any]) -> tuple[bool, bool]:
     """Whether ``model.loss`` takes ``generator`` and ``kl_weight``; rejects unknown loss_kwargs early."""
     if not callable(getattr(model, "loss", None)):
         raise TypeError(f"{type(model).__name__} has no loss(x, **kw) method; fit trains latentbook models")
-    params = inspect.signature(model.loss).parameters
+    params = dict(inspect.signature(model.loss).parameters)
+    params.pop("y", None)  # labels come from the data (fit's y_train), never from loss_kwargs
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         # loss(x, **kw) forwards to a parent's loss (e.g. a subclass adding a term): look there.
         for cls in type(model).__mro__[1:]:
@@ -160,6 +189,17 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def _labels_for(model: nn.Module, y: Any, n: int, name: str) -> Tensor | None:
+    """``y`` checked when ``model`` is conditional (then required), refused when it is not."""
+    if takes_labels(model):
+        if y is None:
+            raise ValueError(f"{type(model).__name__} is conditional: give the class labels of the images ({name}=...)")
+        return _check_labels(name, y, n)
+    if y is not None:
+        raise ValueError(f"{type(model).__name__} takes no labels; {name} is only for conditional models")
+    return None
+
+
 def evaluate_terms(
     model: nn.Module,
     x: Tensor,
@@ -168,13 +208,16 @@ def evaluate_terms(
     loss_kwargs: dict[str, Any] | None = None,
     transform: Transform | None = None,
     seed: int = 0,
+    y: Tensor | None = None,
 ) -> dict[str, float]:
     """Means over ``x: [N, 1, 28, 28]`` of every term ``model.loss`` reports, without gradients.
 
     Batches move to the model's device one at a time. Randomness (a VAE's z, a corruption
     ``transform``) comes from a generator seeded with ``seed``, so repeated calls agree.
+    y: the class labels ``[N]`` a conditional model needs (see :func:`takes_labels`).
     """
     x = checks.images("x", x)
+    y = _labels_for(model, y, len(x), "y")
     checks.integer("batch_size", batch_size)
     loss_kwargs = dict(loss_kwargs or {})
     takes_gen, _ = _loss_call(model, loss_kwargs)
@@ -190,10 +233,11 @@ def evaluate_terms(
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size].to(device)
+                kw = dict(loss_kwargs) if y is None else {**loss_kwargs, "y": y[start : start + batch_size].to(device)}
                 if transform is not None:
-                    out = model.loss(transform(xb, gen), target=xb, **loss_kwargs)
+                    out = model.loss(transform(xb, gen), target=xb, **kw)
                 else:
-                    out = model.loss(xb, **loss_kwargs)
+                    out = model.loss(xb, **kw)
                 if sums is None:
                     keys = list(out)
                     sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
@@ -219,6 +263,8 @@ def fit(
     kl_warmup_epochs: int = 0,
     progress: bool = True,
     transform: Transform | None = None,
+    y_train: Tensor | None = None,
+    y_val: Tensor | None = None,
 ) -> History:
     """Train ``model`` in place with Adam on ``model.loss``; return the per-epoch :class:`History`.
 
@@ -231,6 +277,8 @@ def fit(
     transform: ``transform(x, generator) -> x_in``, applied per batch; the model then sees ``x_in``
     and reconstructs ``x`` (``loss(x_in, target=x)``), e.g. noise for a denoising autoencoder.
     progress: a tqdm bar (off also when ``$LATENTBOOK_PROGRESS=0``).
+    y_train, y_val: class labels ``[N]`` of x_train and x_val, for a conditional model (one whose
+    ``loss`` takes ``y``, e.g. the conditional VAE); each batch's labels are passed as ``loss(x, y=y)``.
 
     Same seed, data and device -> bit-identical weights on a CPU. (The model's initial weights come
     from whoever built it; :func:`train_cached` seeds that too.) Raises :class:`TrainingDivergedError`
@@ -257,22 +305,28 @@ def fit(
     dev = resolve_device(device)
     model.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
+    labels = takes_labels(model)
     if isinstance(x_train, Tensor):
         x_train = checks.images("x_train", x_train).to(dev)
         n_train = x_train.shape[0]
+        y_train = _labels_for(model, y_train, n_train, "y_train")
+        y_train = None if y_train is None else y_train.to(dev)
         steps_per_epoch: int | None = math.ceil(n_train / batch_size)
 
-        def epoch_batches() -> Iterator[Tensor]:
-            return _tensor_batches(x_train, batch_size, gen)
+        def epoch_batches() -> Iterator[tuple[Tensor, Tensor | None]]:
+            return _tensor_batches(x_train, batch_size, gen, y_train)
     elif isinstance(x_train, Iterable):
+        if y_train is not None:
+            raise ValueError("y_train goes with a tensor x_train; an iterable of batches carries its labels as (x, y)")
         steps_per_epoch = len(x_train) if hasattr(x_train, "__len__") else None
 
-        def epoch_batches() -> Iterator[Tensor]:
-            return _iterable_batches(x_train, dev)
+        def epoch_batches() -> Iterator[tuple[Tensor, Tensor | None]]:
+            return _iterable_batches(x_train, dev, labels)
     else:
         raise TypeError(f"x_train must be a tensor of images or an iterable of batches, got {type(x_train).__name__}")
     if x_val is not None:
         x_val = checks.images("x_val", x_val)
+        y_val = _labels_for(model, y_val, len(x_val), "y_val")
         if binarize == "dynamic":
             # One fixed binarisation, so that validation numbers compare across epochs.
             val_gen = torch.Generator(device=x_val.device).manual_seed(seed + 1)
@@ -315,12 +369,12 @@ def fit(
                 bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{rows[-1, 0].item():.4g}", refresh=False)
                 pending, sizes = [], []
 
-            for xb in epoch_batches():
+            for xb, yb in epoch_batches():
                 step += 1
                 global_step += 1
                 if binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
-                kw = dict(loss_kwargs)
+                kw = dict(loss_kwargs) if yb is None else {**loss_kwargs, "y": yb}
                 if takes_gen:
                     kw["generator"] = gen
                 if warmup_steps:
@@ -354,7 +408,7 @@ def fit(
             if x_val is not None:
                 # Validation scores the un-annealed objective: loss_kwargs without the warm-up weight.
                 for k, v in evaluate_terms(model, x_val, batch_size=max(batch_size, 1024), loss_kwargs=loss_kwargs,
-                                           transform=transform, seed=seed + 2).items():
+                                           transform=transform, seed=seed + 2, y=y_val).items():
                     history.val.setdefault(k, []).append(v)
                 bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{history.train['loss'][-1]:.4g}",
                                 val_loss=f"{history.val['loss'][-1]:.4g}", refresh=False)
@@ -459,11 +513,12 @@ def train_cached(
     def train_it() -> History:
         x, y = data.load(dataset, "train", n=n_train, device=dev)
         if "exclude_classes" in config["data"]:
-            x = x[~torch.isin(y, torch.tensor(config["data"]["exclude_classes"], device=y.device))]
+            keep = ~torch.isin(y, torch.tensor(config["data"]["exclude_classes"], device=y.device))
+            x, y = x[keep], y[keep]
         transform = noise.transform(corruption) if corruption is not None else None
         return fit(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                    loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
-                   transform=transform)
+                   transform=transform, y_train=y if takes_labels(model) else None)
 
     return load_or_train(config, model, train_it, device=dev, cache_dir=cache_dir, retrain=retrain)
 

@@ -159,6 +159,61 @@ def test_warmup_binarisation_and_transform_reach_the_loss(mnist):
         T.fit(M.build(TINY), x, epochs=1, kl_warmup_epochs=1, device="cpu", progress=False)
 
 
+class _LabelSpy(M.MLPAutoencoder):
+    """A conditional model (its loss takes ``y``) that records the images and labels it is given."""
+
+    def __init__(self):
+        super().__init__(latent_dim=2, hidden=(16,))
+        self.seen = []
+
+    def loss(self, x, *, y, target=None):
+        self.seen.append((x.detach().clone(), y.clone()))
+        return super().loss(x, target=target)
+
+
+def test_labels_travel_with_their_images(mnist):
+    x = mnist[0][:200].clone()
+    y = torch.arange(200) % 10
+    x[:, 0, 0, 0] = y / 10  # each image carries its label in one pixel, to check the pairing
+    assert T.takes_labels(_LabelSpy()) and not T.takes_labels(M.build(TINY))
+    spy = _LabelSpy()
+    T.fit(spy, x, y_train=y, x_val=x[:50], y_val=y[:50], epochs=2, batch_size=64, device="cpu", progress=False)
+    assert len(spy.seen) == 2 * 4 + 2  # 4 training steps per epoch, one validation batch after each epoch
+    for xb, yb in spy.seen:
+        assert yb.dtype == torch.long
+        torch.testing.assert_close(xb[:, 0, 0, 0], yb / 10, rtol=0, atol=1e-6)
+    shuffled = torch.cat([yb for _, yb in spy.seen[:4]])
+    assert sorted(shuffled.tolist()) == sorted(y.tolist()) and not torch.equal(shuffled, y)  # all once, shuffled
+
+    spy = _LabelSpy()  # a DataLoader of (x, y) batches carries its own labels
+    T.fit(spy, DataLoader(TensorDataset(x, y), batch_size=50), epochs=1, device="cpu", progress=False)
+    assert all(torch.equal(xb[:, 0, 0, 0] * 10, yb.float()) for xb, yb in spy.seen)
+    terms = T.evaluate_terms(_LabelSpy(), x[:20], y=y[:20])
+    assert set(terms) >= {"loss", "recon"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "is conditional: give the class labels"),
+    ({"y_train": torch.zeros(199, dtype=torch.long)}, "200 class labels"),
+    ({"y_train": torch.zeros(200)}, "integer class labels 0..9"),
+    ({"y_train": torch.full((200,), 10)}, "integer class labels 0..9"),
+])
+def test_a_conditional_model_refuses_missing_or_nonsense_labels(mnist, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        T.fit(_LabelSpy(), mnist[0][:200], epochs=1, device="cpu", progress=False, **kwargs)
+
+
+def test_labels_are_refused_where_they_mean_nothing(mnist):
+    x, y = mnist[0][:100], torch.zeros(100, dtype=torch.long)
+    with pytest.raises(ValueError, match="takes no labels"):
+        T.fit(M.build(TINY), x, y_train=y, epochs=1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="carries its labels as"):
+        T.fit(_LabelSpy(), DataLoader(TensorDataset(x, y), batch_size=50), y_train=y, epochs=1, device="cpu",
+              progress=False)
+    with pytest.raises(ValueError, match="batches \\(x, y\\)"):
+        T.fit(_LabelSpy(), DataLoader(TensorDataset(x), batch_size=50), epochs=1, device="cpu", progress=False)
+
+
 def test_fit_rejects_bad_arguments(mnist):
     x = mnist[0][:64]
     model = M.build(TINY)
