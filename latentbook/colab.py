@@ -489,6 +489,17 @@ def chapter_times(root: Path, stem: str) -> str:
                          + (f" (measured {date[1]})" if date else ""))
     except OSError:
         pass
+    if not any(p.startswith("training") for p in parts):
+        # chapters newer than the cold full build: their own budget benchmark (earlier chapters' models stored)
+        try:
+            runs = json.loads((results / "chapter_budget.json").read_text())["runs"]
+            run = next(r for r in reversed(runs) if stem in r["per_chapter"])
+            cold = run["per_chapter"][stem]["cold_s"]
+            spent = f"{cold / 60:.0f} min" if cold >= 90 else f"{cold:.0f} s"
+            parts.append(f"training its own models (nothing published; the earlier chapters' models stored), "
+                         f"about {spent} on a {run['machine']['cpu_count']}-core CPU (measured {run['date'][:10]})")
+        except (OSError, KeyError, StopIteration, ValueError):
+            pass
     gpu = results / "gpu_build.json"
     if gpu.is_file():
         try:

@@ -374,3 +374,21 @@ def test_the_colab_branch_is_committed_without_touching_the_checkout(tmp_path, m
     assert parent == first and second != first
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert status == "" and sorted(p.name for p in repo.iterdir()) == [".git", "_config.yml"]
+
+
+def test_the_parameters_cell_quotes_the_newest_measured_times(tmp_path):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    run = {"date": "2026-12-01T00:00:00+00:00", "machine": {"cpu_count": 2}}
+    (results / "published_weights.json").write_text(json.dumps({"runs": [
+        {**run, "per_chapter": {"vae": {"cold_s": 30.0}}},
+        {**run, "date": "2026-12-02T00:00:00+00:00", "per_chapter": {"vae": {"cold_s": 23.4}}}]}))
+    (results / "full_build_cold.txt").write_text("# 2026-11-20\nvae  1260.0  executed\n")
+    (results / "chapter_budget.json").write_text(json.dumps({"runs": [
+        {**run, "per_chapter": {"vae": {"cold_s": 100.0}, "vq-vae": {"cold_s": 200.0}}}]}))
+    vae = colab.chapter_times(tmp_path, "vae")
+    assert "about 23 s on a 2-core CPU (measured 2026-12-02" in vae  # the newest run naming the chapter
+    assert "about 21 min on a 2-core CPU (measured 2026-11-20)" in vae and "its own models" not in vae
+    new = colab.chapter_times(tmp_path, "vq-vae")  # newer than the cold full build: its budget benchmark
+    assert "training its own models" in new and "about 3 min on a 2-core CPU (measured 2026-12-01)" in new
+    assert "not measured yet" in colab.chapter_times(tmp_path, "pca")
