@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "build", "chapter", "classifier", "data", "diagrams", "evaluate", "exercises", "explorer", "information",
-    "losses", "models", "montecarlo", "noise", "pca", "plots", "ppca", "runmode", "train", "zoo",
+    "losses", "models", "montecarlo", "noise", "pca", "plots", "ppca", "runmode", "train", "vq", "diffusion", "zoo",
 }
 
 

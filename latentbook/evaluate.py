@@ -117,6 +117,23 @@ def _map_batches(model: Any, fn: Callable[[Tensor], Tensor], x: Tensor, batch_si
     return torch.cat(outs)
 
 
+def _map_labelled(model: Any, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """As :func:`_map_batches` for a conditional model: ``fn(x_batch, y_batch)`` with the labels ``y: [N]``
+    of ``x`` (integers 0..9, one per image), batch by batch on the model's device."""
+    x = checks.images("x", x)
+    checks.integer("batch_size", batch_size)
+    if not isinstance(y, Tensor) or y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"y must be the {len(x)} class labels [N] of x, got "
+                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+    device = model_device(model)
+    outs = []
+    with torch.no_grad(), _eval_mode(model):
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+            outs.append(fn(xb, yb).to(x.device))
+    return torch.cat(outs)
+
+
 def _encode_batch(model: Any, xb: Tensor) -> Tensor:
     """The code of each image in a batch: ``xb [B, ...] -> [B, d]``. The one dispatch point."""
     if _is_pca(model):
@@ -142,12 +159,15 @@ def _reconstruct_batch(model: Any, xb: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def encode(model: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+def encode(model: Any, x: Tensor, batch_size: int = 1024, *, y: Tensor | None = None) -> Tensor:
     """Codes of ``x [N, 1, 28, 28]`` (or ``[N, D]`` for PCA): ``[N, d]``.
 
-    PCA: ``transform``; autoencoder: ``encode``; VAE: the posterior mean ``mu``.
+    PCA: ``transform``; autoencoder: ``encode``; VAE: the posterior mean ``mu``; a conditional VAE:
+    the mean of q(z|x, y), given the labels ``y: [N]``.
     """
     _check_model(model)
+    if y is not None:
+        return _map_labelled(model, lambda xb, yb: model.encode(xb, yb)[0], x, y, batch_size)
     return _map_batches(model, lambda xb: _encode_batch(model, xb), x, batch_size)
 
 
@@ -275,8 +295,10 @@ def _check_vae(vae: Any, needs: str) -> None:
         raise TypeError(f"expected a VAE with a .{needs}() method, got {type(vae).__name__}")
 
 
-def test_elbo(vae: Any, x: Tensor, batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
+def test_elbo(vae: Any, x: Tensor, batch_size: int = 1024, seed: int = 0, *,
+              y: Tensor | None = None) -> dict[str, float]:
     """Test-set means, in nats per image, of the VAE's ELBO and its two parts: ``{"elbo", "recon", "kl"}``.
+    A conditional VAE needs the labels ``y: [N]`` (its ELBO then bounds log p(x|y)).
 
     ``x: [N, 1, 28, 28]``. ``recon = -E_q[log p(x|z)]`` (one reparameterised sample per image, drawn
     from a generator seeded with ``seed``, so repeated calls agree), ``kl = KL(q(z|x) || p(z))`` and
@@ -285,7 +307,7 @@ def test_elbo(vae: Any, x: Tensor, batch_size: int = 1024, seed: int = 0) -> dic
     _check_vae(vae, "loss")
     checks.integer("batch_size", batch_size)
     # The trainer's evaluation pass already averages every term of .loss over a data set, batch by batch.
-    terms = train.evaluate_terms(vae, checks.images("x", x), batch_size=batch_size, seed=seed)
+    terms = train.evaluate_terms(vae, checks.images("x", x), batch_size=batch_size, seed=seed, y=y)
     missing = [k for k in ("elbo", "recon", "kl") if k not in terms]
     if missing:
         raise TypeError(f"{type(vae).__name__}.loss() reports {sorted(terms)}, not {missing}: is it a VAE?")
@@ -402,19 +424,21 @@ def active_units(vae: Any, x: Tensor, threshold: float = 0.01, batch_size: int =
     return int((var > threshold).sum()), var.float()
 
 
-def kl_per_dimension(vae: Any, x: Tensor, batch_size: int = 1024) -> Tensor:
+def kl_per_dimension(vae: Any, x: Tensor, batch_size: int = 1024, *, y: Tensor | None = None) -> Tensor:
     """Mean over ``x [N, 1, 28, 28]`` of each latent dimension's KL(q(z_j|x) || N(0, 1)), in nats: ``[d]`` on CPU.
 
     ``½ (mu_j² + σ_j² - log σ_j² - 1)`` averaged over the images; the entries sum to the mean KL term of
-    the ELBO. A collapsed dimension (q(z_j|x) = the prior for every x) has a KL of 0.
+    the ELBO. A collapsed dimension (q(z_j|x) = the prior for every x) has a KL of 0. A conditional VAE
+    needs the labels ``y: [N]`` (q(z_j|x, y)).
     """
     _check_vae(vae, "encode")
 
-    def fn(xb: Tensor) -> Tensor:
-        mu, logvar = vae.encode(xb)
+    def fn(xb: Tensor, *yb: Tensor) -> Tensor:
+        mu, logvar = vae.encode(xb, *yb)
         return 0.5 * (mu**2 + logvar.exp() - logvar - 1)
 
-    return _map_batches(vae, fn, x, batch_size).double().mean(0).float().cpu()
+    per_image = _map_batches(vae, fn, x, batch_size) if y is None else _map_labelled(vae, fn, x, y, batch_size)
+    return per_image.double().mean(0).float().cpu()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,3 +605,66 @@ def detection_report(scores_normal: Any, scores_anomalous: Any, threshold: float
         "roc_auc": roc_auc(s0, s1),
         "threshold": float(threshold),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent traversals: what one latent dimension does to the image (chapter "conditional-vae")
+# ---------------------------------------------------------------------------------------------
+
+
+def latent_traversal(model: Any, z0: Tensor, dims: Any, values: Any) -> Tensor:
+    """The decoded mean images of ``z0`` with one coordinate at a time swept over ``values``.
+
+    ``z0: [d]`` a code; ``dims``: the latent dimensions to sweep (ints); ``values``: the ``S`` values each is
+    set to (the other coordinates stay at ``z0``). Returns ``[len(dims), S, 1, 28, 28]`` on the CPU: row
+    ``i``, column ``s`` is ``decode(z0 with z_{dims[i]} = values[s])``.
+    """
+    _check_model(model)
+    if not isinstance(z0, Tensor) or z0.ndim != 1:
+        got = tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__
+        raise ValueError(f"z0 must be one code [d], got {got}")
+    dims = [checks.integer("each of dims", j, minimum=0) for j in dims] if not isinstance(dims, Tensor) \
+        else [int(j) for j in dims.tolist()]
+    if not dims or max(dims) >= len(z0) or min(dims) < 0:
+        raise ValueError(f"dims must be latent dimensions 0..{len(z0) - 1}, got {dims}")
+    values = torch.as_tensor(values, dtype=z0.dtype).flatten()
+    if len(values) == 0:
+        raise ValueError("values is empty")
+    z = z0.detach().cpu().repeat(len(dims), len(values), 1)  # [R, S, d]
+    for i, j in enumerate(dims):
+        z[i, :, j] = values
+    images = decode(model, z.reshape(-1, len(z0)).to(model_device(model))).cpu()
+    return images.reshape(len(dims), len(values), *images.shape[1:])
+
+
+def traversal_change(images: Tensor) -> Tensor:
+    """How much each traversal changes the image: ``images [R, S, ...]`` (R traversals of S steps, as from
+    :func:`latent_traversal`) -> ``[R]``, the mean over the S - 1 steps of the mean absolute pixel change
+    between consecutive images."""
+    if not isinstance(images, Tensor) or images.ndim < 3 or images.shape[1] < 2:
+        raise ValueError("images must be [R, S, ...] with S >= 2 steps per traversal, got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+    steps = (images[:, 1:] - images[:, :-1]).abs()  # [R, S - 1, ...]
+    return steps.flatten(2).mean(2).mean(1)
+
+
+def code_probe(model: Any, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *,
+               conditional: bool = False, seed: int = 0, cache: bool = False) -> float:
+    """:func:`linear_probe` accuracy of the class from ``model``'s codes (its posterior means, :func:`encode`):
+    trained on the codes of ``x_train [N, 1, 28, 28]`` with labels ``y_train [N]``, scored on ``x_test``.
+
+    ``conditional``: the model is a conditional VAE, encoded with the true labels (``q(z|x, y)``).
+    ``cache``: keep the result in the store (:func:`cached_result`, keyed by the weights and both image sets):
+    a logistic regression on tens of thousands of codes takes tens of seconds on a CPU.
+    """
+    def compute() -> dict[str, Tensor]:
+        codes_tr = encode(model, x_train, y=y_train if conditional else None)
+        codes_te = encode(model, x_test, y=y_test if conditional else None)
+        return {"accuracy": torch.tensor(linear_probe(codes_tr, y_train, codes_te, y_test, seed=seed))}
+
+    if not cache:
+        return float(compute()["accuracy"])
+    params = {"conditional": bool(conditional), "seed": seed,
+              "train": store.checksum({"x": x_train.cpu(), "y": y_train.cpu()}),
+              "labels": store.checksum({"y": y_test.cpu()})}
+    return float(cached_result("code_probe", model, x_test.cpu(), params, compute)["accuracy"])

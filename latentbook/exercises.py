@@ -983,3 +983,120 @@ register(Exercise(
                 lambda p, q: (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum(0)),
     ),
 ))
+
+
+# --------------------------------------------------------------------------------------------
+# conditional-vae: the label as a one-hot vector appended to a network's input
+
+
+def _one_hot_concat(h: Tensor, y: Tensor) -> Tensor:
+    return torch.cat([h, F.one_hot(y, 10).to(h.dtype)], dim=1)
+
+
+register(Exercise(
+    name="one_hot_concat",
+    chapter="conditional-vae",
+    signature="one_hot_concat(h, y)",
+    spec="h: a network's input [B, k] (float); y: class labels [B] (integers 0..9). Return [B, k + 10]: each "
+         "row of h with the one-hot vector of its label appended on the right (10 columns, a 1 in column y), "
+         "in h's dtype.",
+    reference=_one_hot_concat,
+    cases=(
+        Case("3 rows, labels 0, 5 and 9", lambda: (_randn(1, 3, 2), torch.tensor([0, 5, 9]))),
+        Case("labels that leave out 9", lambda: (_randn(2, 4, 4), torch.tensor([1, 2, 3, 2]))),
+        Case("one row of 6 features, label 3", lambda: (_randn(3, 1, 6), torch.tensor([3]))),
+    ),
+    mistakes=(
+        Mistake("append the one-hot vector after the features (on the right), as the networks expect",
+                lambda h, y: torch.cat([F.one_hot(y, 10).to(h.dtype), h], dim=1)),
+        Mistake("F.one_hot(y) alone makes only max(y) + 1 columns: pass num_classes=10",
+                lambda h, y: torch.cat([h, F.one_hot(y).to(h.dtype)], dim=1)),
+        Mistake("the label enters as a one-hot vector of 10 columns, not as one number (a number would "
+                "tell the network that 9 is 'more' than 1)",
+                lambda h, y: torch.cat([h, y[:, None].to(h.dtype)], dim=1)),
+    ),
+))
+
+
+# --------------------------------------------------------------------------------------------
+# vq-vae: the perplexity of a codebook's usage
+
+
+def _code_perplexity(indices: Tensor, K: int) -> Tensor:
+    counts = torch.bincount(indices.reshape(-1), minlength=K).double()
+    p = counts / counts.sum()
+    return torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy(0, 0) = 0: unused codes count 0
+
+
+def _codes(seed: int, shape: tuple[int, ...], high: int) -> Tensor:
+    return torch.randint(high, shape, generator=_gen(seed))
+
+
+register(Exercise(
+    name="code_perplexity",
+    chapter="vq-vae",
+    signature="code_perplexity(indices, K)",
+    spec="indices: code indices [B, m] (integers in 0..K-1); K: the codebook size. Return the perplexity of "
+         "the codes' usage, exp(H) with H = -sum_k p_k log p_k in nats, p_k the share of all B*m entries that "
+         "are code k (0 log 0 = 0).",
+    reference=_code_perplexity,
+    cases=(
+        Case("uneven usage of all 4 codes", lambda: (torch.tensor([[0, 0, 1], [0, 2, 3], [0, 1, 1]]), 4)),
+        Case("codes 5..7 never used (K = 8)", lambda: (_codes(1, (6, 4), 5), 8)),
+        Case("every entry the same code", lambda: (torch.full((3, 2), 2), 4)),
+        Case("each code used equally often", lambda: (torch.arange(12).reshape(4, 3) % 6, 6)),
+    ),
+    mistakes=(
+        Mistake("that is the entropy H; the perplexity is exp(H), the number of equally used codes with that "
+                "entropy", lambda i, K: torch.log(_code_perplexity(i, K))),
+        Mistake("0 log 0 is nan in floating point, but its limit is 0: an unused code adds nothing. Use "
+                "torch.special.xlogy(p, p), or leave out the zero counts",
+                lambda i, K: torch.exp(-(lambda p: (p * p.log()).sum())(
+                    torch.bincount(i.reshape(-1), minlength=K).double() / i.numel()))),
+        Mistake("that counts the codes used at all; the perplexity weighs each code by how often it is used",
+                lambda i, K: (torch.bincount(i.reshape(-1), minlength=K) > 0).sum().double()),
+        Mistake("exp goes with an entropy in nats; with log2 (bits) the perplexity is 2**H",
+                lambda i, K: torch.exp(torch.log(_code_perplexity(i, K)) / math.log(2))),
+    ),
+))
+
+
+# --------------------------------------------------------------------------------------------
+# diffusion: the forward marginal q(x_t | x_0) of a DDPM, one noise level per row
+
+
+def _diffusion_marginal(x0: Tensor, alpha_bar_t: Tensor, eps: Tensor) -> Tensor:
+    a = alpha_bar_t[:, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def _levels(*values: float) -> Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+register(Exercise(
+    name="noisy_version",
+    chapter="diffusion",
+    signature="noisy_version(x0, alpha_bar_t, eps)",
+    spec="x0: [B, D] clean data; alpha_bar_t: [B] the level ᾱ_t of each row, in (0, 1]; eps: [B, D] standard "
+         "normal noise. Return [B, D]: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) eps, row by row.",
+    reference=_diffusion_marginal,
+    cases=(
+        # square first (B = D): there a level broadcast over the columns gives a wrong value, not an error
+        Case("4 rows of 4 values, levels 0.9, 0.5, 0.1, 0.01",
+             lambda: (_randn(30, 4, 4), _levels(0.9, 0.5, 0.1, 0.01), _randn(31, 4, 4))),
+        Case("ᾱ_t = 1 (t = 0): x_t is x0", lambda: (_randn(32, 2, 5), _levels(1.0, 1.0), _randn(33, 2, 5))),
+        Case("3 binary images of 6 pixels in {-1, +1}",
+             lambda: (torch.sign(_randn(34, 3, 6)), _levels(0.999, 0.3, 4e-5), _randn(35, 3, 6))),
+    ),
+    mistakes=(
+        Mistake("ᾱ_t and 1 - ᾱ_t are the variances of the two parts: scale by their square roots",
+                lambda x0, a, e: a[:, None] * x0 + (1 - a[:, None]) * e),
+        Mistake("the noise's scale is sqrt(1 - ᾱ_t), not 1 - ᾱ_t (1 - ᾱ_t is its variance)",
+                lambda x0, a, e: a[:, None].sqrt() * x0 + (1 - a[:, None]) * e),
+        Mistake("swapped: the signal keeps sqrt(ᾱ_t) (near 1 at small t) and the noise gets sqrt(1 - ᾱ_t)",
+                lambda x0, a, e: (1 - a[:, None]).sqrt() * x0 + a[:, None].sqrt() * e),
+        Mistake("alpha_bar_t has one level per row: reshape it to [B, 1] (alpha_bar_t[:, None]); as [B] it "
+                "broadcasts over the columns", lambda x0, a, e: a.sqrt() * x0 + (1 - a).sqrt() * e),
+    ),
+))

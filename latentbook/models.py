@@ -47,6 +47,9 @@ __all__ = [
     "LinearAutoencoder",
     "ConvAutoencoder",
     "VAE",
+    "ConditionalVAE",
+    "one_hot",
+    "check_labels",
     "bernoulli_kl",
     "sigmoid_layer",
     "sigmoid_jacobian_sq",
@@ -553,12 +556,17 @@ class VAE(nn.Module):
         """log p(x|z) in nats, summed over pixels: ``x: [B, 1, 28, 28]``, ``z: [B, d] -> [B]`` or
         ``z: [S, B, d] -> [S, B]`` (S samples of z per image)."""
         x = as_images(x)
+        self._check_codes(x, z)
+        return self._log_prob(x, self.decoder_params(z), z.shape[:-1])
+
+    def _check_codes(self, x: Tensor, z: Tensor) -> None:
         if z.ndim not in (2, 3) or z.shape[-2] != x.shape[0] or z.shape[-1] != self.latent_dim:
             raise ValueError(
                 f"z must be [B, d] or [S, B, d] with B = {x.shape[0]} images and d = {self.latent_dim}, got {tuple(z.shape)}"
             )
-        params = self.decoder_params(z)
-        lead = z.shape[:-1]  # (B,) or (S, B)
+
+    def _log_prob(self, x: Tensor, params: dict[str, Tensor], lead: torch.Size) -> Tensor:
+        """log p(x|z) ``[*lead]`` from the decoder's ``params`` (each ``[*lead, 1, 28, 28]``)."""
         xs = x.expand(*lead, *IMAGE_SHAPE).reshape(-1, *IMAGE_SHAPE)
         if self.likelihood == "bernoulli":
             lp = losses.bernoulli_log_prob(params["logits"].reshape(-1, *IMAGE_SHAPE), xs)
@@ -596,6 +604,23 @@ class VAE(nn.Module):
         loss like every model's ``recon``), ``kl = KL(q(z|x) || p(z))`` and ``elbo = -(recon + kl)``
         (the true bound whatever beta, kl_weight and free_bits).
         """
+        return self._negative_elbo(x, self.encode, self.log_px_given_z, target=target, beta=beta,
+                                   free_bits=free_bits, kl_weight=kl_weight, generator=generator)
+
+    def _negative_elbo(
+        self,
+        x: Tensor,
+        encode: Callable[[Tensor], tuple[Tensor, Tensor]],
+        log_px_given_z: Callable[[Tensor, Tensor], Tensor],
+        *,
+        target: Tensor | None,
+        beta: float,
+        free_bits: float,
+        kl_weight: float,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """The body of :meth:`loss` with the encoder ``encode(x) -> (mu, logvar)`` and the likelihood
+        ``log_px_given_z(x, z) -> [B]`` given as functions (a conditional VAE passes its label along)."""
         x = as_images(x)
         target = x if target is None else as_images(target)
         if target.shape != x.shape:
@@ -604,9 +629,9 @@ class VAE(nn.Module):
             raise ValueError(f"kl_weight must be in [0, 1], got {kl_weight}")
         if free_bits < 0:
             raise ValueError(f"free_bits must be >= 0 nats, got {free_bits}")
-        mu, logvar = self.encode(x)
+        mu, logvar = encode(x)
         z = losses.reparameterize(mu, logvar, generator)
-        log_px_z = self.log_px_given_z(target, z)
+        log_px_z = log_px_given_z(target, z)
         kl = losses.gaussian_kl(mu, logvar)
         weight = beta * kl_weight
         terms = losses.elbo_terms(log_px_z, kl, weight)
@@ -641,6 +666,137 @@ class VAE(nn.Module):
         ``k`` samples of q(z|x) per image, ``chunk_size`` at a time (memory ~ chunk_size·B images).
         """
         return losses.iwae_bound(self.encode, self.log_px_given_z, as_images(x), k, chunk_size=chunk_size, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional variational autoencoder (chapter "conditional-vae")
+# ---------------------------------------------------------------------------------------------
+
+
+def check_labels(y: Any, n: int, n_classes: int = 10, name: str = "y") -> Tensor:
+    """Class labels ``y: [n]`` (integers 0..n_classes-1) as a long tensor; refuses what is not a label: a
+    float or bool tensor, a wrong length, a value outside 0..n_classes-1."""
+    if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != n:
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{name} must be a tensor of {n} class labels [N] (one per image or code), got {got}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}, got dtype {y.dtype}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}, "
+                         f"got values from {int(y.min())} to {int(y.max())}")
+    return y.long()
+
+
+def one_hot(y: Tensor, n: int, n_classes: int = 10) -> Tensor:
+    """Class labels ``y: [n]`` (integers 0..n_classes-1, see :func:`check_labels`) -> one-hot rows
+    ``[n, n_classes]`` (float)."""
+    return torch.nn.functional.one_hot(check_labels(y, n, n_classes), n_classes).float()
+
+
+@register("cvae")
+class ConditionalVAE(VAE):
+    """Conditional VAE (Sohn et al. 2015): q(z|x, y), p(x|z, y) and the prior p(z|y) = N(0, I).
+
+    The label enters both networks as a one-hot vector concatenated to their input: the encoder is an
+    MLP ``784 + 10 -> hidden... -> 2d`` (mu and logvar), the decoder ``d + 10 -> reversed(hidden)... -> 784``
+    pixel logits (Bernoulli likelihood). Everything else is the VAE's: the ELBO, now of log p(x|y), the
+    KL to N(0, I), the reparameterised sample and the importance-weighted bound. Labels ``y: [B]`` are
+    integers 0..9, one per image (or code).
+    """
+
+    version = 1  # see register
+    n_classes: ClassVar[int] = 10
+
+    def __init__(self, latent_dim: int = 2, hidden: Sequence[int] = (512, 256, 128)):
+        nn.Module.__init__(self)  # the VAE's networks take no label: build our own instead
+        self.latent_dim = checks.integer("latent_dim", latent_dim)
+        self.encoder_type, self.likelihood = "mlp", "bernoulli"
+        self.hidden = _int_tuple("hidden", hidden)
+        self.encoder = nn.Sequential(*_mlp([D + self.n_classes, *self.hidden, 2 * self.latent_dim]))
+        self.decoder = mlp_decoder(self.latent_dim + self.n_classes, self.hidden)
+
+    def config(self) -> dict[str, Any]:
+        return {"latent_dim": self.latent_dim, "hidden": list(self.hidden)}
+
+    def _one_hot(self, y: Tensor, n: int, like: Tensor) -> Tensor:
+        return one_hot(y, n, self.n_classes).to(device=like.device, dtype=like.dtype)
+
+    def encode(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``x: [B, 1, 28, 28]``, ``y: [B]`` -> ``(mu, logvar)`` of q(z|x, y), each ``[B, d]``."""
+        flat = as_images(x).flatten(1)  # [B, 784]
+        mu, logvar = self.encoder(torch.cat([flat, self._one_hot(y, len(flat), flat)], 1)).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode_logits(self, z: Tensor, y: Tensor) -> Tensor:
+        """``z: [B, d]`` (or ``[S, B, d]``), ``y: [B]`` -> pixel logits ``[B, 1, 28, 28]`` (or ``[S, B, ...]``)."""
+        if z.ndim not in (2, 3) or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must be [B, d] or [S, B, d] with d = {self.latent_dim}, got {tuple(z.shape)}")
+        label = self._one_hot(y, z.shape[-2], z).expand(*z.shape[:-1], self.n_classes)  # the same label for all S
+        return _decode_any(self.decoder, torch.cat([z, label], -1))
+
+    def decoder_params(self, z: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """``{"logits"}`` of p(x|z, y), ``[..., 1, 28, 28]``."""
+        return {"logits": self.decode_logits(z, y)}
+
+    def decode(self, z: Tensor, y: Tensor) -> Tensor:
+        """``z: [B, d]``, ``y: [B]`` -> the mean image E[x|z, y] ``[B, 1, 28, 28]`` (pixel probabilities)."""
+        return torch.sigmoid(self.decode_logits(z, y))
+
+    def log_px_given_z(self, x: Tensor, z: Tensor, y: Tensor) -> Tensor:
+        """log p(x|z, y) in nats: ``x: [B, 1, 28, 28]``, ``y: [B]``, ``z: [B, d] -> [B]`` or ``[S, B, d] -> [S, B]``."""
+        x = as_images(x)
+        self._check_codes(x, z)
+        return self._log_prob(x, self.decoder_params(z, y), z.shape[:-1])
+
+    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """As :meth:`VAE.forward`, given the labels ``y: [B]``."""
+        mu, logvar = self.encode(x, y)
+        z = losses.reparameterize(mu, logvar, generator)
+        return {"mu": mu, "logvar": logvar, "z": z, "x_hat": self.decode(z, y)}
+
+    def loss(
+        self,
+        x: Tensor,
+        *,
+        y: Tensor,
+        target: Tensor | None = None,
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        kl_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """The VAE's negative ELBO (see :meth:`VAE.loss`), now of log p(x|y): q(z|x, y) and p(x|z, y).
+
+        ``y: [B]`` class labels of the images (the trainer passes them when a model's loss takes ``y``).
+        """
+        x = as_images(x)
+        self._one_hot(y, len(x), x)  # check the labels before anything runs
+        return self._negative_elbo(x, lambda xb: self.encode(xb, y), lambda t, z: self.log_px_given_z(t, z, y),
+                                   target=target, beta=beta, free_bits=free_bits, kl_weight=kl_weight,
+                                   generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: int | Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` images ``[n, 1, 28, 28]`` of class ``y`` (an int for all, or labels ``[n]``): the decoded
+        means of z ~ N(0, I). ``generator``: a seeded ``torch.Generator`` for reproducible samples."""
+        n = checks.integer("n", n)
+        dev = _device_of(self)
+        if isinstance(y, int) and not isinstance(y, bool):
+            y = torch.full((n,), y, dtype=torch.long)
+        z = torch.randn(n, self.latent_dim, generator=generator,
+                        device=generator.device if generator is not None else dev)
+        return self.decode(z.to(dev), y.to(dev) if isinstance(y, Tensor) else y)
+
+    @torch.no_grad()
+    def log_likelihood(  # type: ignore[override]
+        self, x: Tensor, y: Tensor, k: int = 5000, *, chunk_size: int = 128,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Importance-weighted estimate of log p(x|y) per image -> ``[B]`` nats (k samples of q(z|x, y))."""
+        x = as_images(x)
+        self._one_hot(y, len(x), x)
+        return losses.iwae_bound(lambda xb: self.encode(xb, y), lambda xb, z: self.log_px_given_z(xb, z, y), x, k,
+                                 chunk_size=chunk_size, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------

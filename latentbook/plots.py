@@ -43,6 +43,7 @@ __all__ = [
     "training_curves",
     "bar_compare",
     "line_compare",
+    "traversal_panels",
 ]
 
 BOOK_WIDTH = 7.0  # inches: the widest a figure may be and still be read at 100 % on the page
@@ -541,4 +542,37 @@ def line_compare(
         a.legend(frameon=False)
         if title:
             a.set_title(title)
+    return fig
+
+
+def traversal_panels(
+    panels: Mapping[str, tuple[Any, Sequence[str]]],
+    values: Sequence[float],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Latent traversals of several models side by side (chapter "conditional-vae").
+
+    panels: ``{panel title: (images [R, S, 1, 28, 28], row labels [R])}``, e.g. from
+    :func:`latentbook.evaluate.latent_traversal`: row ``i`` sweeps one latent dimension over the ``S``
+    ``values`` (the column labels), and its label says which (and, e.g., its KL in nats).
+    """
+    if not panels:
+        raise ValueError("panels is empty; give {title: (images [R, S, 1, 28, 28], row_labels)}")
+    n_values = len(values)
+    rows_of = {}
+    for name, (images, labels) in panels.items():
+        arr = _numpy(images)
+        if arr.ndim != 5 or arr.shape[1] != n_values:
+            raise ValueError(f"panel {name!r}: images must be [R, S = {n_values}, 1, 28, 28], got {arr.shape}")
+        if len(labels) != arr.shape[0]:
+            raise ValueError(f"panel {name!r} has {arr.shape[0]} rows but {len(labels)} row labels")
+        rows_of[name] = (list(arr), list(labels))
+    n_rows = max(len(r) for r, _ in rows_of.values())
+    width = min(BOOK_WIDTH, len(panels) * (0.35 * n_values + 1.1))
+    with _figure(None, (width, 0.38 * n_rows + 0.7), 1, len(panels)) as (fig, axes):
+        for a, (name, (rows, labels)) in zip(axes[0], rows_of.items()):
+            image_grid(rows, row_labels=labels, col_labels=[f"{v:g}" for v in values], title=name, ax=a)
+        if title:
+            fig.suptitle(title)
     return fig

@@ -136,17 +136,7 @@ def _iterable_batches(batches: Iterable[Any], device: torch.device,
             continue
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise ValueError("a conditional model needs batches (x, y) with labels; got a batch without labels")
-        yield xb, _check_labels("each batch's y", item[1], len(xb)).to(device, non_blocking=True)
-
-
-def _check_labels(name: str, y: Any, n: int) -> Tensor:
-    """Class labels ``y: [n]`` (integers 0..9) for a conditional model."""
-    if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != n:
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"{name} must be a tensor of {n} class labels [N], got {got}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or (n and (int(y.min()) < 0 or int(y.max()) > 9)):
-        raise ValueError(f"{name} must hold integer class labels 0..9")
-    return y.long()
+        yield xb, models.check_labels(item[1], len(xb), name="each batch's y").to(device, non_blocking=True)
 
 
 def takes_labels(model: nn.Module) -> bool:
@@ -194,7 +184,7 @@ def _labels_for(model: nn.Module, y: Any, n: int, name: str) -> Tensor | None:
     if takes_labels(model):
         if y is None:
             raise ValueError(f"{type(model).__name__} is conditional: give the class labels of the images ({name}=...)")
-        return _check_labels(name, y, n)
+        return models.check_labels(y, n, name=name)
     if y is not None:
         raise ValueError(f"{type(model).__name__} takes no labels; {name} is only for conditional models")
     return None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latentbook import data, evaluate, store, train
+from latentbook import data, diffusion, evaluate, store, train, vq  # vq, diffusion: register their archs
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,27 @@ RECIPES: dict[str, Recipe] = {
                               about="MLP VAE, 32-D latent, free bits: KL floor of 0.5 nats per dimension"),
     "digit-classifier": Recipe({"arch": "digit_classifier"}, epochs=3, loss_kwargs={"blend": 0.5, "noise": 0.1},
                                about="small CNN classifier, taught to doubt blends and noise: judges samples"),
+    # --- chapter "conditional-vae": the conditional VAEs, trained on the labels with the recipes of
+    # vae-2 and vae-32 (same epochs, batch, binarisation), so their ELBOs and codes compare one to one.
+    # One epoch (60,000 images, batch 128) measured 4.6 s on this 2-core CPU, idle: ~70 s each.
+    **{f"cvae-{d}": Recipe({"arch": "cvae", "latent_dim": d}, epochs=15, binarize="dynamic",
+                           about=f"conditional MLP VAE, one-hot label into encoder and decoder, {d}-D latent")
+       for d in (2, 32)},
+    # --- chapter "vq-vae": VQ-VAEs with the VAE's MLP (784-512-256-128), 4 codes from a codebook of 64
+    # vectors of dimension 8 (24 bits, 16.6 nats: inside the rate range of the β sweep), Bernoulli decoder.
+    # The same recipe twice: a random codebook (many codes die) and the same with dead-code restarts (the
+    # remedy). One epoch is about an MLP VAE's (~5 s idle; 8 epochs ~ 45 s each; measured 36 s per 15,000
+    # images under a load of 7 from other jobs).
+    **{name: Recipe({"arch": "vq_vae", "n_codes": 4, "codebook_size": 64, "code_dim": 8, **extra},
+                    epochs=8, binarize="dynamic", loss_kwargs={"beta": 0.25},
+                    about=f"VQ-VAE, MLP, 4 codes from a codebook of 64 (24 bits), random codebook{about}")
+       for name, extra, about in (("vq-vae", {}, ""),
+                                  ("vq-vae-restarts", {"restarts": True}, ", dead-code restarts"))},
+    # --- chapter "diffusion": a DDPM (T = 1000, linear β from 1e-4 to 0.02) on dynamically binarised MNIST
+    # in {-1, +1}, MLP 784-512-512-512 with a sinusoidal time embedding, Ho et al.'s simple ε loss. One
+    # epoch (batch 128) measured 28 s on this 2-core CPU shared with other jobs (load ~2.4): 7 epochs ~3.3 min.
+    "ddpm": Recipe({"arch": "ddpm", "hidden": [512, 512, 512]}, epochs=7, binarize="dynamic",
+                   about="DDPM, MLP 3x512 with time embedding, binary parameterisation, binarised MNIST"),
 }
 
 
@@ -173,6 +194,43 @@ def likelihood_bounds(name: str, run) -> dict[int, Tensor]:
     return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
 
 
+def vq_prior(run) -> tuple[nn.Module, nn.Module, train.History]:
+    """``(vq_vae, prior, history)``: the VQ-VAE with restarts and the autoregressive prior over its codes that the
+    chapter "vq-vae" fits on the codes of the training images, binarised once with ``run.seed`` (stored)."""
+    model, _ = get("vq-vae-restarts", run)
+    x_train, _ = data.load(run.dataset, "train", n=run.mode.n_train, device=run.device)
+    gen = torch.Generator(device=run.device).manual_seed(run.seed)
+    codes = vq.codes_of(model, torch.bernoulli(x_train, generator=gen))
+    prior, history = vq.ar_prior_cached(model, codes, hidden=(256,), epochs=run.mode.epochs(20), seed=run.seed,
+                                         device=run.device)
+    return model, prior, history
+
+
+def ddpm_setup(run) -> dict[str, Any]:
+    """What the chapter "diffusion" evaluates the DDPM on: ``steps`` of the respaced sampler, ``n_gen``
+    samples, the first ``n_elbo`` images of :func:`likelihood_setup` for the bound, computed with all T
+    terms (``n_t`` None) or one term in each of ``n_t`` strata (smoke mode)."""
+    full = run.mode.name == "full"
+    return {"steps": run.mode.scale(100, 20), "n_gen": run.mode.scale(500, 100),
+            "n_elbo": run.mode.scale(100, 10), "n_t": None if full else 20}
+
+
+def ddpm_samples(run) -> Tensor:
+    """The DDPM's samples of :func:`ddpm_setup` ``[n_gen, 1, 28, 28]`` (pixel probabilities; stored)."""
+    model, _ = get("ddpm", run)
+    setup = ddpm_setup(run)
+    return diffusion.cached_samples(model, setup["n_gen"], steps=setup["steps"], seed=run.seed)
+
+
+def ddpm_bound(run) -> dict[str, Tensor]:
+    """The DDPM's −ELBO terms ``{"prior", "diffusion", "decoder", "total"}`` (each ``[n_elbo]`` nats) on the
+    first images of :func:`likelihood_setup` (stored)."""
+    model, _ = get("ddpm", run)
+    setup = ddpm_setup(run)
+    x_ll, _ = likelihood_setup(run)
+    return diffusion.negative_elbo(model, x_ll[:setup["n_elbo"]], seed=run.seed, n_t=setup["n_t"], cache=True)
+
+
 def warm(run, names: list[str] | None = None, log=print) -> None:
     """Make every model and stored evaluation of the book ready for this run's settings: first fetch
     every entry the published book lists (see :mod:`latentbook.store`), then take each model and each
@@ -190,3 +248,9 @@ def warm(run, names: list[str] | None = None, log=print) -> None:
     for name in LIKELIHOOD_MODELS if names is None else [n for n in names if n in LIKELIHOOD_MODELS]:
         log(f"{name}: importance-weighted bounds on the test set (stored evaluation)")
         likelihood_bounds(name, run)
+    if names is None:
+        log("vq-vae-restarts: the autoregressive prior over its codes (stored)")
+        vq_prior(run)
+        log("ddpm: its samples and its bound on the test set (stored evaluations)")
+        ddpm_samples(run)
+        ddpm_bound(run)

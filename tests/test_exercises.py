@@ -436,6 +436,49 @@ LEARNER_MISTAKES = [
         def kl_categorical(p, q):
             return (p * torch.log(p / q)).sum(-1)
      """, "0 log 0"),
+    ("one_hot_concat", """
+        def one_hot_concat(h, y):
+            return torch.cat([h, F.one_hot(y).to(h.dtype)], dim=1)
+     """, "num_classes=10"),
+    ("one_hot_concat", """
+        def one_hot_concat(h, y):
+            return torch.cat([h, y.unsqueeze(1).float().to(h.dtype)], 1)
+     """, "not as one number"),
+    ("one_hot_concat", """
+        def one_hot_concat(h, y):
+            onehot = torch.zeros(len(y), 10, dtype=h.dtype)
+            onehot[torch.arange(len(y)), y] = 1
+            return torch.cat([onehot, h], dim=1)
+     """, "after the features"),
+    ("code_perplexity", """
+        def code_perplexity(indices, K):
+            counts = torch.bincount(indices.flatten(), minlength=K).double()
+            p = counts / counts.sum()
+            return torch.exp(-(p * torch.log(p)).sum())
+     """, "0 log 0"),
+    ("code_perplexity", """
+        def code_perplexity(indices, K):
+            return len(torch.unique(indices))
+     """, "counts the codes used at all"),
+    ("code_perplexity", """
+        def code_perplexity(indices, K):
+            p = torch.bincount(indices.flatten(), minlength=K).double() / indices.numel()
+            return -torch.special.xlogy(p, p).sum()
+     """, "that is the entropy H"),
+    ("noisy_version", """
+        def noisy_version(x0, alpha_bar_t, eps):
+            a = alpha_bar_t.unsqueeze(1)
+            return a * x0 + (1 - a) * eps
+     """, "scale by their square roots"),
+    ("noisy_version", """
+        def noisy_version(x0, alpha_bar_t, eps):
+            return torch.sqrt(alpha_bar_t) * x0 + torch.sqrt(1 - alpha_bar_t) * eps
+     """, "reshape it to [B, 1]"),
+    ("noisy_version", """
+        def noisy_version(x0, alpha_bar_t, eps):
+            a = alpha_bar_t.view(-1, 1)
+            return torch.sqrt(a) * x0 + (1 - a) * eps
+     """, "not 1 - ᾱ_t"),
 ]
 
 
@@ -603,3 +646,40 @@ def test_entropy_and_kl_categorical_against_torch_and_scipy():
         ref = ex.EXERCISES["kl_categorical"].reference(p, q)
         assert torch.allclose(ref, kl_divergence(Categorical(probs=p), Categorical(probs=q)), atol=1e-12)
         np.testing.assert_allclose(ref.numpy(), scipy.stats.entropy(p.numpy(), q.numpy(), axis=-1), atol=1e-12)
+
+
+def test_one_hot_concat_against_numpy():
+    for case in ex.EXERCISES["one_hot_concat"].cases:
+        h, y = case.make()
+        expected = np.concatenate([h.numpy(), np.eye(10)[y.numpy()]], axis=1)
+        np.testing.assert_array_equal(ex.EXERCISES["one_hot_concat"].reference(h, y).numpy(), expected)
+    # the same concatenation the conditional VAE's encoder makes: its first layer sees [x, one-hot]
+    torch.manual_seed(0)
+    cvae = lb.models.ConditionalVAE(latent_dim=2, hidden=(8,))
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 3, 9, 3])
+    with torch.no_grad():
+        by_hand = cvae.encoder(ex.EXERCISES["one_hot_concat"].reference(x.flatten(1), y)).chunk(2, 1)
+        for a, b in zip(by_hand, cvae.encode(x, y)):
+            torch.testing.assert_close(a, b)
+
+
+def test_code_perplexity_against_scipy_and_the_package():
+    for case in ex.EXERCISES["code_perplexity"].cases:
+        indices, K = case.make()
+        counts = np.bincount(indices.flatten().numpy(), minlength=K)
+        ref = ex.EXERCISES["code_perplexity"].reference(indices, K).item()
+        assert math.isclose(ref, math.exp(scipy.stats.entropy(counts)), rel_tol=1e-12)
+        assert math.isclose(ref, lb.vq.perplexity(indices, K), rel_tol=1e-12)
+
+
+def test_diffusion_marginal_has_the_moments_of_the_forward_chain():
+    """The reference against the forward chain run step by step (latentbook.diffusion.forward_chain)."""
+    sched = lb.diffusion.linear_schedule(T=100, beta_T=0.05)
+    x0 = torch.tensor([[0.7, -1.0]], dtype=torch.float64).expand(100_000, 2)
+    t = 60
+    chain = lb.diffusion.forward_chain(x0, t, sched, generator=torch.Generator().manual_seed(0))
+    a = sched.alpha_bar[t - 1].expand(100_000)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = ex.EXERCISES["noisy_version"].reference(x0, a, eps)
+    assert torch.allclose(ref.mean(0), chain.mean(0), atol=0.01)
+    assert torch.allclose(ref.var(0), chain.var(0), rtol=0.02)

@@ -295,3 +295,24 @@ def test_notebook_shows_each_figure_once(tmp_path, monkeypatch):
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute(cwd=str(tmp_path))
     pngs = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells]
     assert pngs == [0, 1, 0, 1, 1]
+
+
+def test_traversal_panels_draws_each_panel_with_its_labels():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 5, 1, 28, 28, generator=g)
+    b = torch.rand(2, 5, 1, 28, 28, generator=g)
+    values = [-2, -1, 0, 1, 2]
+    fig = plots.traversal_panels({"β = 1": (a, ["z3: 2.1 nats", "z0: 1.0", "z7: 0.0"]),
+                                  "β = 4": (b, ["z1: 3.0", "z5: 0.0"])}, values, title="traversals")
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["β = 1", "β = 4"]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["z3: 2.1 nats", "z0: 1.0", "z7: 0.0"]
+    assert [t.get_text() for t in axes[1].get_xticklabels()] == ["-2", "-1", "0", "1", "2"]
+    mosaic = axes[0].images[0].get_array()
+    np.testing.assert_allclose(mosaic[:28, :28], a[0, 0, 0].numpy(), rtol=1e-6)  # first row, first step
+    np.testing.assert_allclose(mosaic[30:58, 30:58], a[1, 1, 0].numpy(), rtol=1e-6)  # pad of 2 pixels
+    assert fig._suptitle.get_text() == "traversals"
+    with pytest.raises(ValueError, match="row labels"):
+        plots.traversal_panels({"x": (a, ["one"])}, values)
+    with pytest.raises(ValueError, match="S = 4"):
+        plots.traversal_panels({"x": (a, ["1", "2", "3"])}, values[:4])
