@@ -163,3 +163,18 @@ def test_the_nbval_sanitizer_masks_the_moment_and_nothing_else():
         text = re.sub(regex, replace, text)
     assert text == ("parameters: MLP 1,234, conv 5,678\nTIMING\nfitted in DURATION\n"
                     "test ELBO -101.23, MSE 0.0123\nsaved to PATH\n")
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_no_cell_ends_by_showing_a_claims_value(stem):
+    """``claim`` returns True: as a cell's last line it would print a stray ``True`` under the
+    "checked: ..." line on the page. End such a cell with ``claim(...);``."""
+    import ast
+
+    for cell in jupytext.read(ROOT / "book" / f"{stem}.md").cells:
+        if cell.cell_type != "code" or not cell.source.strip() or cell.source.lstrip().startswith("%"):
+            continue
+        last = ast.parse(cell.source).body[-1]
+        if (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                and getattr(last.value.func, "id", None) == "claim"):
+            assert cell.source.rstrip().endswith(";"), f"{stem}: a cell ends with claim(...) without ';'"
