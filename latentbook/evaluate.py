@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latentbook import checks, losses, montecarlo, noise, store, train
+from latentbook import checks, losses, models, montecarlo, noise, store, train
 
 __all__ = [
     "VERSION",
@@ -104,33 +104,21 @@ def _eval_mode(model: Any) -> Iterator[None]:
         owner.train(was_training)
 
 
-def _map_batches(model: Any, fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, name: str = "x") -> Tensor:
-    """``fn`` applied to ``x`` batch by batch on the model's device; results concatenated on ``x.device``."""
+def _map_batches(model: Any, fn: Callable[..., Tensor], x: Tensor, batch_size: int, name: str = "x", *,
+                 y: Tensor | None = None) -> Tensor:
+    """``fn`` applied to ``x`` batch by batch on the model's device; results concatenated on ``x.device``.
+    With the class labels ``y: [N]`` of ``x`` (a conditional model), ``fn(x_batch, y_batch)``."""
     x = checks.images(name, x)
     checks.integer("batch_size", batch_size)
+    if y is not None:
+        y = models.check_labels(y, len(x))
     device = model_device(model)
     outs = []
     with torch.no_grad(), _eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(device)
-            outs.append(fn(xb).to(x.device))
-    return torch.cat(outs)
-
-
-def _map_labelled(model: Any, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """As :func:`_map_batches` for a conditional model: ``fn(x_batch, y_batch)`` with the labels ``y: [N]``
-    of ``x`` (integers 0..9, one per image), batch by batch on the model's device."""
-    x = checks.images("x", x)
-    checks.integer("batch_size", batch_size)
-    if not isinstance(y, Tensor) or y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"y must be the {len(x)} class labels [N] of x, got "
-                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
-    device = model_device(model)
-    outs = []
-    with torch.no_grad(), _eval_mode(model):
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-            outs.append(fn(xb, yb).to(x.device))
+            out = fn(xb) if y is None else fn(xb, y[start : start + batch_size].to(device))
+            outs.append(out.to(x.device))
     return torch.cat(outs)
 
 
@@ -167,7 +155,7 @@ def encode(model: Any, x: Tensor, batch_size: int = 1024, *, y: Tensor | None = 
     """
     _check_model(model)
     if y is not None:
-        return _map_labelled(model, lambda xb, yb: model.encode(xb, yb)[0], x, y, batch_size)
+        return _map_batches(model, lambda xb, yb: model.encode(xb, yb)[0], x, batch_size, y=y)
     return _map_batches(model, lambda xb: _encode_batch(model, xb), x, batch_size)
 
 
@@ -244,8 +232,6 @@ def jacobian_norms(model: Any, x: Tensor, batch_size: int = 256) -> Tensor:
     posterior mean).
     """
     _check_model(model)
-    from latentbook import models
-
     layer = None if _is_pca(model) else models.sigmoid_layer(model)
     if layer is not None:
         return _map_batches(model, lambda xb: models.sigmoid_jacobian_sq(layer.weight, model.encode(xb)).sqrt(),
@@ -437,8 +423,7 @@ def kl_per_dimension(vae: Any, x: Tensor, batch_size: int = 1024, *, y: Tensor |
         mu, logvar = vae.encode(xb, *yb)
         return 0.5 * (mu**2 + logvar.exp() - logvar - 1)
 
-    per_image = _map_batches(vae, fn, x, batch_size) if y is None else _map_labelled(vae, fn, x, y, batch_size)
-    return per_image.double().mean(0).float().cpu()
+    return _map_batches(vae, fn, x, batch_size, y=y).double().mean(0).float().cpu()
 
 
 # ---------------------------------------------------------------------------------------------
