@@ -19,7 +19,7 @@ def _build(args) -> int:
     start = time.perf_counter()
     try:
         html, runs = build.build(params=params, only=args.chapters, force=args.force, site=not args.no_site,
-                                 student=args.student)
+                                 student=args.student, jobs=None if args.jobs == "auto" else int(args.jobs))
     except build.BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -83,7 +83,7 @@ def _warm(args) -> int:
     from latentbook.chapter import start
 
     run = start(args.mode, args.device, args.dataset, args.seed)
-    zoo.warm(run, args.models)
+    zoo.warm(run, args.models, jobs=zoo.default_jobs(run.device) if args.jobs == "auto" else int(args.jobs))
     print(store.info())
     return 0
 
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--chapters", nargs="*", help="execute only these chapters (file stems)")
     b.add_argument("--force", action="store_true", help="execute even chapters that are up to date")
+    b.add_argument("--jobs", default="auto",
+                   help="train the chapters' models this many at a time first (auto: one per two CPU cores in full mode)")
     b.add_argument("--no-site", action="store_true", help="execute only; do not build the site")
     b.add_argument("--student", action="store_true",
                    help="also build the student edition of the site (no solutions): _build/<mode>-student/html")
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--dataset", default="mnist")
         c.add_argument("--seed", type=int, default=0)
         c.add_argument("--models", nargs="*", help="warm only these (names in latentbook.zoo.RECIPES)")
+        c.add_argument("--jobs", default="1", help="train this many models at once (auto: one per two CPU cores)")
         c.set_defaults(func=func)
 
     args = parser.parse_args(argv)

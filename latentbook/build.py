@@ -712,12 +712,35 @@ def write_colab(root: Path, executed: Path, out: Path, mode: str, log=print) -> 
     return out
 
 
+def pretrain(root: Path, params: dict, executed: Path, *, only: list[str] | None, force: bool, jobs: int | None,
+             log=print) -> list[ChapterRun]:
+    """Train the models (and compute the stored evaluations) of the chapters that are about to execute, ``jobs``
+    at a time in worker processes, so that the chapters find them stored; ``[]`` when there is nothing to do."""
+    from latentbook import chapter, zoo
+    from latentbook.runmode import resolve_device
+
+    if jobs is None:
+        jobs = zoo.default_jobs(resolve_device(params["DEVICE"])) if params["MODE"] == "full" else 1
+    stems = [s for s in chapters(root) if only is None or s in only]
+    due = [s for s in stems if force or stale(root, s, params, executed) is not None]
+    if jobs <= 1 or not zoo.models_for(due):
+        return []
+    start = time.perf_counter()
+    run = chapter.start(params["MODE"], params["DEVICE"], params["DATASET"], params["SEED"], quiet=True)
+    zoo.warm(run, chapters=due, jobs=jobs, log=log)
+    return [ChapterRun(f"(models, {jobs} at a time)", time.perf_counter() - start, "trained")]
+
+
 def build(root: Path | None = None, params: dict | None = None, *, only: list[str] | None = None,
-          force: bool = False, site: bool = True, student: bool = False,
+          force: bool = False, site: bool = True, student: bool = False, jobs: int | None = None,
           log=print) -> tuple[Path | None, list[ChapterRun]]:
     """Check, execute and build; returns the site folder and each chapter's timing. With ``site``:
     the website, its published models and the Colab edition (``_build/<mode>/colab``); with
-    ``student`` also the student edition of the site (``_build/<mode>-student/html``)."""
+    ``student`` also the student edition of the site (``_build/<mode>-student/html``).
+
+    ``jobs``: before executing, train the models of the chapters about to run this many at a time
+    (:func:`latentbook.zoo.warm`); None: :func:`latentbook.zoo.default_jobs` in full mode, 1 (no such
+    step) in smoke mode, whose models train in seconds, less than a worker process takes to start."""
     root = root or project_root()
     params = {**DEFAULT_PARAMS, **(params or {})}
     from latentbook.runmode import get_mode
@@ -732,7 +755,8 @@ def build(root: Path | None = None, params: dict | None = None, *, only: list[st
     with store.lock(root / "_executed" / ".build.lock",
                     waiting="another build is running in this checkout ({holder}); waiting for it to finish",
                     log=log):
-        runs = execute(root, params, executed, only=only, force=force, log=log)
+        runs = pretrain(root, params, executed, only=only, force=force, jobs=jobs, log=log)
+        runs += execute(root, params, executed, only=only, force=force, log=log)
         html = None
         if site:
             start = time.perf_counter()

@@ -191,6 +191,22 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
     return hits / len(x)
 
 
+def model_config(spec: dict[str, Any], *, dataset: str, n_train: int | None, epochs: int, batch_size: int,
+                 lr: float, seed: int, blend: float, noise: float) -> dict[str, Any]:
+    """What a trained classifier *is*, as the store's key sees it (as :func:`latentbook.train.model_config`)."""
+    with torch.random.fork_rng(devices=[]):
+        canonical = {"arch": ARCH, **build(spec).config()}
+    return store.canonical({
+        "kind": "classifier",
+        "spec": canonical,
+        "recipe": {"epochs": checks.integer("epochs", epochs), "batch_size": checks.integer("batch_size", batch_size),
+                   "lr": float(lr), "blend": float(blend), "noise": float(noise)},
+        "data": {**data.identity(dataset), "split": "train", "n": n_train},
+        "seed": checks.integer("seed", seed, minimum=0),
+        "versions": {"DigitClassifier": DigitClassifier.version, "classifier_trainer": VERSION, "data": data.VERSION},
+    })
+
+
 def train_cached(
     spec: dict[str, Any],
     *,
@@ -211,21 +227,12 @@ def train_cached(
     from the store when this configuration was trained before (here, or for the published book).
     Returns ``(model in eval mode on device, History)``; the caller's RNG state is untouched.
     """
-    with torch.random.fork_rng(devices=[]):
-        canonical = {"arch": ARCH, **build(spec).config()}
-    config = store.canonical({
-        "kind": "classifier",
-        "spec": canonical,
-        "recipe": {"epochs": checks.integer("epochs", epochs), "batch_size": checks.integer("batch_size", batch_size),
-                   "lr": float(lr), "blend": float(blend), "noise": float(noise)},
-        "data": {**data.identity(dataset), "split": "train", "n": n_train},
-        "seed": checks.integer("seed", seed, minimum=0),
-        "versions": {"DigitClassifier": DigitClassifier.version, "classifier_trainer": VERSION, "data": data.VERSION},
-    })
+    config = model_config(spec, dataset=dataset, n_train=n_train, epochs=epochs, batch_size=batch_size, lr=lr,
+                          seed=seed, blend=blend, noise=noise)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build(canonical)
+        model = build(config["spec"])
 
     def train_it() -> train.History:
         x, y = data.load(dataset, "train", n=n_train, device=dev)

@@ -320,12 +320,13 @@ def log_likelihood(vae: Any, x: Tensor, k: int = 5000, batch_size: int = 100, se
 
 def iwae_bounds(
     vae: Any, x: Tensor, ks: list[int], batch_size: int = 50, seed: int | None = 0, *,
-    cache: bool = False, cache_dir: Any = None,
+    chunk_size: int = 128, cache: bool = False, cache_dir: Any = None,
 ) -> dict[int, Tensor]:
     """Importance-weighted bounds L_k for several k at once, per image: ``{k: [N]}`` nats, on the CPU.
 
     ``x: [N, 1, 28, 28]``. Draws ``K = max(ks)`` samples of q(z|x) per image once (``batch_size``
-    images at a time, seeded by ``seed``) and splits them into ``K // k`` consecutive groups of k;
+    images at a time, ``chunk_size`` samples per decoder pass, seeded by ``seed``) and splits them into
+    ``K // k`` consecutive groups of k;
     each group's log-mean-exp weight is an unbiased estimate of L_k, and their mean is returned.
     Every k must divide K. ``ks = [1, ...]`` includes the one-sample ELBO estimate. Because the groups
     of a larger k are unions of the groups of a smaller one, the estimates are ordered, per image,
@@ -354,13 +355,16 @@ def iwae_bounds(
         with torch.no_grad(), _eval_mode(vae):
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size].to(device)
-                parts.append(montecarlo.log_weights(vae.encode, vae.log_px_given_z, xb, big, generator=gen).cpu())
+                parts.append(montecarlo.log_weights(vae.encode, vae.log_px_given_z, xb, big, chunk_size=chunk_size,
+                                                    generator=gen).cpu())
         log_w = torch.cat(parts, dim=1).double()  # [K, N]
         return {k: montecarlo.grouped_log_mean_exp(log_w, k).mean(0).float() for k in ks}
 
     if not cache:
         return compute()
     params = {"ks": sorted(set(ks)), "batch_size": batch_size, "seed": seed, "device": device.type}
+    if chunk_size != 128:  # absent at the default, so that earlier stored results keep their keys
+        params["chunk_size"] = chunk_size
     found = cached_result("iwae_bounds", vae, x, params, lambda: {str(k): v for k, v in compute().items()},
                           cache_dir=cache_dir)
     return {k: found[str(k)] for k in ks}

@@ -41,6 +41,8 @@ __all__ = [
     "fit",
     "evaluate_terms",
     "make_optimizer",
+    "make_lr_schedule",
+    "LR_SCHEDULES",
     "model_config",
     "train_cached",
     "load_or_train",
@@ -179,6 +181,28 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, lr: float,
+                     total_steps: int | None) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule stepped once per batch: ``None`` for ``"constant"`` (``lr`` throughout);
+    ``"cosine"``: from ``lr`` down to 0 along a half cosine over ``total_steps``; ``"onecycle"``: Smith &
+    Topin's one-cycle policy, up from ``lr/25`` to the peak ``lr`` over the first 30% of the steps, then a
+    cosine down to ``lr/25e4``, with Adam's β1 cycled opposite (0.95 -> 0.85 -> 0.95), as torch's
+    ``OneCycleLR``. ``benchmarks/bench_time_to_quality.py`` measures what each buys."""
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        return None
+    if not total_steps:
+        raise ValueError(f"lr_schedule={kind!r} needs the number of steps: pass a tensor x_train or an "
+                         "iterable with a len()")
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+
+
 def _labels_for(model: nn.Module, y: Any, n: int, name: str) -> Tensor | None:
     """``y`` checked when ``model`` is conditional (then required), refused when it is not."""
     if takes_labels(model):
@@ -255,6 +279,7 @@ def fit(
     transform: Transform | None = None,
     y_train: Tensor | None = None,
     y_val: Tensor | None = None,
+    lr_schedule: str = "constant",
 ) -> History:
     """Train ``model`` in place with Adam on ``model.loss``; return the per-epoch :class:`History`.
 
@@ -269,6 +294,7 @@ def fit(
     progress: a tqdm bar (off also when ``$LATENTBOOK_PROGRESS=0``).
     y_train, y_val: class labels ``[N]`` of x_train and x_val, for a conditional model (one whose
     ``loss`` takes ``y``, e.g. the conditional VAE); each batch's labels are passed as ``loss(x, y=y)``.
+    lr_schedule: ``"constant"``, ``"cosine"`` or ``"onecycle"`` (peak ``lr``), see :func:`make_lr_schedule`.
 
     Same seed, data and device -> bit-identical weights on a CPU. (The model's initial weights come
     from whoever built it; :func:`train_cached` seeds that too.) Raises :class:`TrainingDivergedError`
@@ -323,6 +349,7 @@ def fit(
             x_val = torch.bernoulli(x_val, generator=val_gen)
 
     optimizer = make_optimizer(model, lr)
+    scheduler = make_lr_schedule(optimizer, lr_schedule, lr, epochs * steps_per_epoch if steps_per_epoch else None)
     history = History()
     warmup_steps = kl_warmup_epochs * steps_per_epoch if (kl_warmup_epochs and steps_per_epoch) else None
     bar = tqdm(
@@ -385,6 +412,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 pending.append(torch.stack([out[k].detach().float() for k in keys]))
                 sizes.append(xb.shape[0])
                 if len(pending) >= _CHECK_EVERY:
@@ -429,6 +458,7 @@ def model_config(
     spec: dict[str, Any], *, dataset: str, n_train: int | None, epochs: int, batch_size: int, lr: float,
     seed: int, loss_kwargs: dict[str, Any] | None = None, binarize: str | None = None, kl_warmup_epochs: int = 0,
     corruption: dict[str, Any] | None = None, exclude_classes: list[int] | None = None,
+    lr_schedule: str = "constant",
 ) -> dict[str, Any]:
     """What a trained model *is*, as the store's key sees it: the canonical spec, the training recipe,
     the data (name, published checksum, subset), the seed, and the version numbers of the code that
@@ -442,6 +472,10 @@ def model_config(
         "lr": float(lr), "loss_kwargs": dict(loss_kwargs or {}), "binarize": binarize,
         "kl_warmup_epochs": checks.integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0),
     }
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if lr_schedule != "constant":  # absent for a constant rate, so the keys of earlier models stand
+        recipe["lr_schedule"] = lr_schedule
     versions = {**models.versions_of(type(model)), "trainer": VERSION, "losses": losses.VERSION, "data": data.VERSION}
     if corruption is not None:
         recipe["corruption"] = noise.check_spec(corruption)
@@ -477,6 +511,7 @@ def train_cached(
     retrain: bool = False,
     corruption: dict[str, Any] | None = None,
     exclude_classes: list[int] | None = None,
+    lr_schedule: str = "constant",
 ) -> tuple[nn.Module, History]:
     """The model ``models.build(spec)`` trained by :func:`fit` on the first ``n_train`` training
     images of ``dataset`` (all when None): from the store when this configuration (:func:`model_config`)
@@ -491,10 +526,11 @@ def train_cached(
     :mod:`latentbook.noise`): a denoising autoencoder, trained by :func:`fit` with
     ``transform=noise.transform(corruption)``. exclude_classes: class indices left out of the
     first ``n_train`` training images (e.g. ``[8]`` for an anomaly detector that never saw an 8).
+    lr_schedule: see :func:`fit`.
     """
     config = model_config(spec, dataset=dataset, n_train=n_train, epochs=epochs, batch_size=batch_size, lr=lr,
                           seed=seed, loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs,
-                          corruption=corruption, exclude_classes=exclude_classes)
+                          corruption=corruption, exclude_classes=exclude_classes, lr_schedule=lr_schedule)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -508,7 +544,7 @@ def train_cached(
         transform = noise.transform(corruption) if corruption is not None else None
         return fit(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                    loss_kwargs=loss_kwargs, binarize=binarize, kl_warmup_epochs=kl_warmup_epochs, progress=progress,
-                   transform=transform, y_train=y if takes_labels(model) else None)
+                   transform=transform, y_train=y if takes_labels(model) else None, lr_schedule=lr_schedule)
 
     return load_or_train(config, model, train_it, device=dev, cache_dir=cache_dir, retrain=retrain)
 

@@ -13,13 +13,19 @@ One place fixes each model's configuration and its full-mode training budget, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from latentbook import data, diffusion, evaluate, store, train, vq  # vq, diffusion: register their archs
+from latentbook import checks, data, diffusion, evaluate, models, store, train, vq  # vq, diffusion: register their archs
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class Recipe:
     about: str = ""  # one line for `cache warm` and the instructor
     corruption: dict[str, Any] | None = None  # denoising: a latentbook.noise spec (chapter "regularised")
     exclude_classes: tuple[int, ...] | None = None  # classes left out of training (chapter "applications")
+    lr_schedule: str = "constant"  # or "onecycle": see train.make_lr_schedule and benchmarks/bench_time_to_quality.py
 
 
 RECIPES: dict[str, Recipe] = {
@@ -86,32 +93,31 @@ RECIPES: dict[str, Recipe] = {
     # (chapter "latent-variable models"), so each model stays near its ~2-minute budget.
     "vae-2": Recipe({"arch": "vae", "latent_dim": 2}, epochs=15, binarize="dynamic",
                     about="MLP VAE, 2-D latent, Bernoulli decoder, dynamically binarised MNIST"),
-    "vae-32": Recipe({"arch": "vae", "latent_dim": 32}, epochs=15, binarize="dynamic",
-                     about="MLP VAE, 32-D latent, Bernoulli decoder, dynamically binarised MNIST"),
-    # --- chapter "vae": a convolutional VAE; then one shorter budget shared by every model the
-    # chapter compares (β sweep, Gaussian decoder, KL annealing, free bits); the judge of samples
+    # Every MLP VAE with a 32-D code trains on one budget, 8 epochs with a one-cycle learning rate peaking at
+    # 3e-3: as good a test ELBO as 15 epochs at a constant 1e-3 in about half the time, where the 2-D VAE's curve
+    # is flat and a shorter schedule loses 0.7 nats (benchmarks/bench_time_to_quality.py). So the β sweep's β = 1
+    # *is* vae-32 (same recipe, same store entry), and the chapter's comparisons differ only in what they vary.
+    **{name: Recipe(spec, epochs=8, lr=3e-3, lr_schedule="onecycle", binarize=binarize, loss_kwargs=kw,
+                    kl_warmup_epochs=warmup, about=about)
+       for name, spec, binarize, kw, warmup, about in [
+           ("vae-32", {"arch": "vae", "latent_dim": 32}, "dynamic", {}, 0,
+            "MLP VAE, 32-D latent, Bernoulli decoder, dynamically binarised MNIST"),
+           *[(f"vae-32-beta{b:g}", {"arch": "vae", "latent_dim": 32}, "dynamic", {} if b == 1 else {"beta": float(b)}, 0,
+              f"β-VAE, β = {b:g}, MLP, 32-D latent (β sweep)" + (": the same model as vae-32" if b == 1 else ""))
+             for b in (0.5, 1, 2, 4, 8)],
+           ("vae-32-gaussian", {"arch": "vae", "latent_dim": 32, "likelihood": "gaussian"}, None, {}, 0,
+            "MLP VAE, 32-D latent, Gaussian decoder with a learned variance, grey levels"),
+           ("vae-32-anneal", {"arch": "vae", "latent_dim": 32}, "dynamic", {}, 4,
+            "MLP VAE, 32-D latent, KL weight ramped from 0 to 1 over the first 4 of 8 epochs"),
+           ("vae-32-freebits", {"arch": "vae", "latent_dim": 32}, "dynamic", {"free_bits": 0.5}, 0,
+            "MLP VAE, 32-D latent, free bits: KL floor of 0.5 nats per dimension"),
+       ]},
+    # --- chapter "vae": a convolutional VAE; the judge of samples
     "conv-vae-32": Recipe({"arch": "vae", "encoder": "conv", "latent_dim": 32, "channels": [16, 32]},
                           epochs=5, binarize="dynamic",
                           about="convolutional VAE, conv 1-16-32 (stride 2), 32-D latent, Bernoulli decoder"),
-    **{f"vae-32-beta{b:g}": Recipe({"arch": "vae", "latent_dim": 32}, epochs=10, binarize="dynamic",
-                                   loss_kwargs={"beta": float(b)},
-                                   about=f"β-VAE, β = {b:g}, MLP, 32-D latent (β sweep, short budget)")
-       for b in (0.5, 1, 2, 4, 8)},
-    "vae-32-gaussian": Recipe({"arch": "vae", "latent_dim": 32, "likelihood": "gaussian"}, epochs=10,
-                              about="MLP VAE, 32-D latent, Gaussian decoder with a learned variance, grey levels"),
-    "vae-32-anneal": Recipe({"arch": "vae", "latent_dim": 32}, epochs=10, binarize="dynamic", kl_warmup_epochs=5,
-                            about="MLP VAE, 32-D latent, KL weight ramped from 0 to 1 over 5 epochs"),
-    "vae-32-freebits": Recipe({"arch": "vae", "latent_dim": 32}, epochs=10, binarize="dynamic",
-                              loss_kwargs={"free_bits": 0.5},
-                              about="MLP VAE, 32-D latent, free bits: KL floor of 0.5 nats per dimension"),
     "digit-classifier": Recipe({"arch": "digit_classifier"}, epochs=3, loss_kwargs={"blend": 0.5, "noise": 0.1},
                                about="small CNN classifier, taught to doubt blends and noise: judges samples"),
-    # --- chapter "conditional-vae": the conditional VAEs, trained on the labels with the recipes of
-    # vae-2 and vae-32 (same epochs, batch, binarisation), so their ELBOs and codes compare one to one.
-    # One epoch (60,000 images, batch 128) measured 4.6 s on this 2-core CPU, idle: ~70 s each.
-    **{f"cvae-{d}": Recipe({"arch": "cvae", "latent_dim": d}, epochs=15, binarize="dynamic",
-                           about=f"conditional MLP VAE, one-hot label into encoder and decoder, {d}-D latent")
-       for d in (2, 32)},
     # --- chapter "vq-vae": VQ-VAEs with the VAE's MLP (784-512-256-128), 4 codes from a codebook of 64
     # vectors of dimension 8 (24 bits, 16.6 nats: inside the rate range of the β sweep), Bernoulli decoder.
     # The same recipe twice: a random codebook (many codes die) and the same with dead-code restarts (the
@@ -129,6 +135,43 @@ RECIPES: dict[str, Recipe] = {
                    about="DDPM, MLP 3x512 with time embedding, binary parameterisation, binarised MNIST"),
 }
 
+# --- chapter "conditional-vae": the conditional VAEs, trained on the labels with the recipes of vae-2 and vae-32
+# (the same epochs, batch, learning rate and binarisation), so their ELBOs and codes compare one to one.
+RECIPES.update({f"cvae-{d}": replace(RECIPES[f"vae-{d}"], spec={"arch": "cvae", "latent_dim": d},
+                                     about=f"conditional MLP VAE, one-hot label into encoder and decoder, {d}-D latent")
+                for d in (2, 32)})
+
+# The chapters that use each model, in book order: the first trains it in a cold build. A parallel build trains the
+# models of the chapters it is about to execute (build --jobs); tests/test_full_book.py checks this table against
+# the store entries each executed chapter recorded.
+_VAE32_LIKE = ("vae", "vq-vae")
+CHAPTERS: dict[str, tuple[str, ...]] = {
+    "ae-2": ("autoencoders", "side-by-side"),
+    "ae-32": ("autoencoders", "regularised", "applications", "side-by-side"),
+    **dict.fromkeys(("ae-8", "linear-ae-6", "conv-ae-8", "conv-ae-32"), ("autoencoders",)),
+    **dict.fromkeys(("dae-saltpepper-32", "dae-masking-32", "ae-sig-128", "sparse-l1-128", "sparse-kl-128", "cae-128"),
+                    ("regularised",)),
+    "dae-gaussian-32": ("regularised", "applications"),
+    "ae-32-no8": ("applications",),
+    "vae-2": ("latent-variable-models", "vae", "conditional-vae", "diffusion", "side-by-side"),
+    "vae-32": ("latent-variable-models", "reparameterisation", "vae", "conditional-vae", "vq-vae", "diffusion",
+               "side-by-side"),
+    **dict.fromkeys(("vae-32-beta0.5", "vae-32-beta2", "vae-32-beta8"), _VAE32_LIKE),
+    **dict.fromkeys(("vae-32-beta1", "vae-32-beta4"), ("vae", "conditional-vae", "vq-vae")),
+    **dict.fromkeys(("vae-32-gaussian", "vae-32-anneal", "vae-32-freebits", "conv-vae-32"), ("vae",)),
+    "digit-classifier": ("vae", "conditional-vae", "vq-vae", "diffusion", "side-by-side"),
+    "cvae-2": ("conditional-vae",),
+    "cvae-32": ("conditional-vae", "side-by-side"),
+    "vq-vae": ("vq-vae",),
+    "vq-vae-restarts": ("vq-vae", "side-by-side"),
+    "ddpm": ("diffusion", "side-by-side"),
+}
+
+
+def models_for(chapters: list[str]) -> list[str]:
+    """The models (names in :data:`RECIPES`) that any of ``chapters`` (file stems) uses."""
+    return [name for name in RECIPES if set(CHAPTERS[name]) & set(chapters)]
+
 
 def recipe(name: str) -> Recipe:
     try:
@@ -137,32 +180,45 @@ def recipe(name: str) -> Recipe:
         raise ValueError(f"no model called {name!r}; the book's models are {sorted(RECIPES)}") from None
 
 
-def get(name: str, run, *, progress: bool = True, retrain: bool = False) -> tuple[nn.Module, train.History]:
-    """The model ``name`` for this run (trained once, then loaded from the cache), and its history."""
+def _options(name: str, run):
+    """``(module, keyword arguments)``: the module whose ``train_cached`` and ``model_config`` make model ``name``
+    (:mod:`latentbook.train`, or :mod:`latentbook.classifier` for the judge) and their common arguments for ``run``."""
     r = recipe(name)
+    common = {"dataset": run.dataset, "n_train": run.mode.n_train, "epochs": run.mode.epochs(r.epochs),
+              "batch_size": r.batch_size, "lr": r.lr, "seed": run.seed}
     if r.spec.get("arch") == "digit_classifier":  # chapter "vae": trained on labels by latentbook.classifier
         from latentbook import classifier
 
-        return classifier.train_cached(r.spec, dataset=run.dataset, n_train=run.mode.n_train,
-                                       epochs=run.mode.epochs(r.epochs), batch_size=r.batch_size, lr=r.lr,
-                                       seed=run.seed, device=run.device, retrain=retrain, **r.loss_kwargs)
-    return train.train_cached(
-        r.spec,
-        dataset=run.dataset,
-        n_train=run.mode.n_train,
-        epochs=run.mode.epochs(r.epochs),
-        batch_size=r.batch_size,
-        lr=r.lr,
-        seed=run.seed,
-        device=run.device,
-        loss_kwargs=r.loss_kwargs or None,
-        binarize=r.binarize,
-        kl_warmup_epochs=r.kl_warmup_epochs,
-        progress=progress,
-        retrain=retrain,
-        corruption=r.corruption,
-        exclude_classes=list(r.exclude_classes) if r.exclude_classes is not None else None,
-    )
+        return classifier, {**common, **r.loss_kwargs}
+    return train, {**common, "loss_kwargs": r.loss_kwargs or None, "binarize": r.binarize,
+                   "kl_warmup_epochs": r.kl_warmup_epochs, "corruption": r.corruption,
+                   "exclude_classes": list(r.exclude_classes) if r.exclude_classes is not None else None,
+                   "lr_schedule": r.lr_schedule}
+
+
+def get(name: str, run, *, progress: bool = True, retrain: bool = False) -> tuple[nn.Module, train.History]:
+    """The model ``name`` for this run (trained once, then loaded from the cache), and its history."""
+    module, kw = _options(name, run)
+    extra = {"progress": progress} if module is train else {}
+    return module.train_cached(recipe(name).spec, device=run.device, retrain=retrain, **kw, **extra)
+
+
+def config(name: str, run) -> dict[str, Any]:
+    """What model ``name`` is for ``run``, as the store's key sees it (``store.key_of(config(...))``)."""
+    module, kw = _options(name, run)
+    return module.model_config(recipe(name).spec, **kw)
+
+
+def describe(name: str, run) -> str:
+    """How model ``name`` is trained in this run, in words: "8 epochs of 60,000 images, batch 128, Adam with a
+    one-cycle learning rate peaking at 0.003" (for the prose, so that it follows the recipe)."""
+    r = recipe(name)
+    rate = {"constant": f"Adam at a constant learning rate of {r.lr:g}",
+            "cosine": f"Adam with a learning rate decaying from {r.lr:g} along a cosine",
+            "onecycle": f"Adam with a one-cycle learning rate peaking at {r.lr:g}"}[r.lr_schedule]
+    epochs = run.mode.epochs(r.epochs)
+    return (f"{epochs} epoch{'s' * (epochs != 1)} of {run.mode.n_train or 60_000:,} images, "
+            f"batch {r.batch_size}, {rate}")
 
 
 # The stored evaluations of the book: the importance-weighted bounds of the VAE chapter (also read by
@@ -191,7 +247,12 @@ def likelihood_bounds(name: str, run) -> dict[int, Tensor]:
     images, from the store (computed once: minutes on a CPU at k = 5,000)."""
     model, _ = get(name, run)
     x_ll, ks = likelihood_setup(run)
-    return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
+    if run.device.type == "cuda":
+        return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
+    # On a CPU all K samples of one image in one decoder pass: 26% faster than 50 images x 128 samples for the MLP
+    # VAE, 9% for the convolutional one (benchmarks/bench_importance_sampling.py)
+    return evaluate.iwae_bounds(model, x_ll, ks, batch_size=max(1, 5000 // max(ks)), chunk_size=max(ks),
+                                seed=run.seed, cache=True)
 
 
 def vq_prior(run) -> tuple[nn.Module, nn.Module, train.History]:
@@ -231,10 +292,96 @@ def ddpm_bound(run) -> dict[str, Tensor]:
     return diffusion.negative_elbo(model, x_ll[:setup["n_elbo"]], seed=run.seed, n_t=setup["n_t"], cache=True)
 
 
-def warm(run, names: list[str] | None = None, log=print) -> None:
-    """Make every model and stored evaluation of the book ready for this run's settings: first fetch
-    every entry the published book lists (see :mod:`latentbook.store`), then take each model and each
-    likelihood estimate from the store, training or computing only what is neither stored nor published."""
+def default_jobs(device: torch.device) -> int:
+    """How many models :func:`warm` trains at once by default: on a CPU, one per two cores (one per core on a
+    machine of two), each process with the remaining cores as threads; on a GPU, one (not measured yet).
+
+    Why: these small networks use a second thread poorly (1.8 s an epoch on one thread, 1.3 s on two), so two
+    single-threaded trainings on two cores finish 1.2-1.26x sooner than one after the other
+    (``benchmarks/bench_parallel_warm.py``); on 16 cores eight 2-threaded jobs keep every core busy."""
+    if device.type != "cpu":
+        return 1
+    cores = os.cpu_count() or 1
+    return cores if cores <= 2 else cores // 2
+
+
+# A convolution's FLOPs take about 7x as long on a CPU as a matrix product's (an epoch of conv-ae-32, 0.07 TFLOP,
+# ~11 s; of ae-32, 0.14 TFLOP, ~3.2 s): how _training_flops weighs them.
+_CONV_COST = 7.0
+
+
+def _training_flops(name: str, run) -> float:
+    """Forward FLOPs of model ``name``'s loss per image (counted by torch; convolutions weighted by their cost on a
+    CPU) x images x epochs: the order in which :func:`warm` hands out parallel jobs, longest first, so that no
+    long job starts last."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module, kw = _options(name, run)
+    r, x = recipe(name), torch.rand(4, 1, 28, 28)
+    with torch.random.fork_rng(devices=[]):
+        model = module.build(r.spec) if module is not train else models.build(r.spec)
+    with FlopCounterMode(display=False) as counter:
+        if module is not train:
+            model(x)
+        else:
+            model.loss(x, **({"y": torch.zeros(4, dtype=torch.long)} if train.takes_labels(model) else {}),
+                       **r.loss_kwargs)
+    flops = sum(n * (_CONV_COST if "convolution" in str(op) else 1.0)
+                for op, n in counter.get_flop_counts()["Global"].items())
+    return flops / len(x) * kw["epochs"] * (kw["n_train"] or 60_000)
+
+
+def _evaluations(names: list[str] | None, chapters: list[str] | None) -> list[tuple[str, Callable[[Any], Any]]]:
+    """The stored evaluations :func:`warm` makes, as ``(label, f(run))``: those of the models ``names`` that the
+    ``chapters`` read (all when None)."""
+    readers = ("vae", "side-by-side")  # of the likelihood bounds
+    table = [*((f"{n}: importance-weighted bounds on the test set (stored)", n, readers, partial(likelihood_bounds, n))
+               for n in LIKELIHOOD_MODELS),
+             ("vq-vae-restarts: the autoregressive prior over its codes (stored)", "vq-vae-restarts",
+              ("vq-vae", "side-by-side"), vq_prior),
+             ("ddpm: its samples (stored)", "ddpm", ("diffusion", "side-by-side"), ddpm_samples),
+             ("ddpm: its bound on the test set (stored)", "ddpm", ("diffusion", "side-by-side"), ddpm_bound)]
+    return [(label, task) for label, model, read_by, task in table
+            if (names is None or model in names) and (chapters is None or set(read_by) & set(chapters))]
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ["LATENTBOOK_PROGRESS"] = "0"  # several bars at once would garble the log
+
+
+def _timed(task: Callable[[Any], Any], run) -> float:
+    start = time.perf_counter()
+    task(run)
+    return time.perf_counter() - start
+
+
+def _in_parallel(run, tasks: list[tuple[str, Callable[[Any], Any]]], jobs: int, log) -> None:
+    """Run ``task(run)`` for every ``(label, task)``, ``jobs`` at a time in fresh processes, in the given order.
+    Each result goes to the store (atomic writes; one writer per entry); the first failure cancels what has not
+    started and is raised here."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(threads,))
+    try:
+        futures = {pool.submit(_timed, task, run): label for label, task in tasks}
+        for done in as_completed(futures):
+            log(f"{futures[done]}: {done.result():.0f} s")
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def warm(run, names: list[str] | None = None, log=print, *, chapters: list[str] | None = None, jobs: int = 1) -> None:
+    """Make every model and stored evaluation of the book ready for this run's settings (only the models ``names``,
+    or those the ``chapters`` use): first fetch every entry the published book lists (see :mod:`latentbook.store`),
+    then take each model and each stored evaluation from the store, training or computing only what is neither
+    stored nor published. ``jobs`` > 1 trains that many models at once in separate processes (see
+    :func:`default_jobs`), longest first, then computes the stored evaluations the same way."""
+    checks.integer("jobs", jobs)
+    if chapters is not None:
+        names = models_for(chapters) if names is None else [n for n in names if n in models_for(chapters)]
     url = store.models_url()
     listed = store.manifest(url) if url else "no published address is configured"
     if isinstance(listed, str):
@@ -242,15 +389,25 @@ def warm(run, names: list[str] | None = None, log=print) -> None:
     else:
         fetched = store.fetch_all(url, log=log)
         log(f"published weights: {fetched} of {len(listed['entries'])} entries ready from {url}")
-    for name in names or list(RECIPES):
+    model_names = list(names or RECIPES)
+    for name in model_names:
+        recipe(name)  # an unknown name fails before any work
+    evaluations = _evaluations(names, chapters)
+    if jobs > 1:
+        missing, keys = [], set()
+        for name in model_names:
+            key = store.key_of(config(name, run))
+            if key not in keys and store.get(config(name, run), fetch=False) is None:  # vae-32-beta1 *is* vae-32
+                missing.append(name)
+            keys.add(key)
+        missing.sort(key=lambda n: _training_flops(n, run), reverse=True)
+        data.load(run.dataset, "train", n=1)  # fetched once here, not by two workers at once
+        log(f"training {len(missing)} models, {jobs} at a time ...")
+        _in_parallel(run, [(f"{n} ({recipe(n).about})", partial(get, n)) for n in missing], jobs, log)
+        _in_parallel(run, evaluations, jobs, log)
+    for name in model_names:
         log(f"{name}: {recipe(name).about}")
         get(name, run)
-    for name in LIKELIHOOD_MODELS if names is None else [n for n in names if n in LIKELIHOOD_MODELS]:
-        log(f"{name}: importance-weighted bounds on the test set (stored evaluation)")
-        likelihood_bounds(name, run)
-    if names is None:
-        log("vq-vae-restarts: the autoregressive prior over its codes (stored)")
-        vq_prior(run)
-        log("ddpm: its samples and its bound on the test set (stored evaluations)")
-        ddpm_samples(run)
-        ddpm_bound(run)
+    for label, task in evaluations:
+        log(label)
+        task(run)

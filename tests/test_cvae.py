@@ -183,7 +183,8 @@ def test_the_zoo_recipes_match_the_unconditional_vaes():
     for d in (2, 32):
         c, u = zoo.recipe(f"cvae-{d}"), zoo.recipe(f"vae-{d}")
         assert c.spec == {"arch": "cvae", "latent_dim": d}
-        assert (c.epochs, c.batch_size, c.lr, c.binarize) == (u.epochs, u.batch_size, u.lr, u.binarize)
+        assert (c.epochs, c.batch_size, c.lr, c.lr_schedule, c.binarize) == \
+            (u.epochs, u.batch_size, u.lr, u.lr_schedule, u.binarize)
         assert isinstance(models.build(c.spec), models.ConditionalVAE)
 
 

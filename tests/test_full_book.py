@@ -54,3 +54,19 @@ def test_nbval_on_the_full_execution(tmp_path):
         pytest.skip("no current full-mode execution here (run `make book`)")
     proc = run_nbval(FULL, stems, tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+def test_the_zoo_names_the_chapters_that_use_each_model():
+    """zoo.CHAPTERS (which models a parallel build trains before which chapters) is what the executed chapters
+    recorded: each current full chapter read exactly the store entries of the models listed for it."""
+    from latentbook import store, zoo
+    from latentbook.chapter import start
+
+    stems = [stem for stem in build.chapters(ROOT) if _current(stem)]
+    if not stems:
+        pytest.skip("no current full-mode execution here (run `make book`)")
+    run = start("full", "cpu", quiet=True)
+    key = {name: store.key_of(zoo.config(name, run)) for name in zoo.RECIPES}
+    for stem in stems:
+        recorded = set(json.loads((FULL / f"{stem}.json").read_text())["entries"]) & set(key.values())
+        assert recorded == {key[n] for n in zoo.models_for([stem])}, stem

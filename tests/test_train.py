@@ -283,3 +283,88 @@ def test_fit_is_the_plain_loop_the_chapters_write_out(mnist, kind):
     assert hist["loss"] == pytest.approx(by_hand, rel=1e-6)
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# ---------------------------------------------------------------------------------------------
+# learning-rate schedules
+# ---------------------------------------------------------------------------------------------
+
+
+def _lrs(kind, lr, total):
+    """The learning rate of each of ``total`` steps under make_lr_schedule (as fit sets it)."""
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = T.make_lr_schedule(opt, kind, lr, total)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return out
+
+
+def test_lr_schedules_have_their_closed_forms():
+    import math
+
+    total, lr = 40, 3e-3
+    assert _lrs("constant", lr, total) == [lr] * total
+    cos = _lrs("cosine", lr, total)
+    assert cos == pytest.approx([lr / 2 * (1 + math.cos(math.pi * t / total)) for t in range(total)], rel=1e-9)
+    one = _lrs("onecycle", lr, total)
+    peak = round(0.3 * total) - 1  # torch's OneCycleLR: the warm-up phase ends on this step
+    assert one[0] == pytest.approx(lr / 25) and one[peak] == pytest.approx(lr) and max(one) == pytest.approx(lr)
+    assert all(a < b for a, b in zip(one[:peak], one[1 : peak + 1]))  # up, then down
+    assert all(a > b for a, b in zip(one[peak:], one[peak + 1 :]))
+    assert one[-1] == pytest.approx(lr / 25e4, rel=0.2)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "onecycle"])
+def test_fit_steps_the_schedule_once_per_batch(mnist, kind):
+    """fit with a schedule = the plain loop with torch's scheduler stepped after every optimizer step, over
+    epochs x ceil(N / batch) steps: bit-identical weights (the last batch of each epoch is a short one)."""
+    import torch.nn.functional as F
+
+    x = mnist[0][:600]
+    model = M.MLPAutoencoder(2, hidden=(16,))
+    twin = M.MLPAutoencoder(2, hidden=(16,))
+    twin.load_state_dict(model.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, fused=True)
+    steps = 2 * -(-len(x) // 128)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if kind == "cosine"
+             else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps))
+    for _ in range(2):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 128):
+            xb = x[order[i : i + 128]]
+            loss = F.binary_cross_entropy_with_logits(model.decoder(model.encoder(xb)), xb,
+                                                      reduction="none").sum((1, 2, 3)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    T.fit(twin, x, epochs=2, batch_size=128, lr=3e-3, seed=3, device="cpu", progress=False, lr_schedule=kind)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_schedule_changes_the_key_and_a_constant_rate_does_not(mnist):
+    from latentbook import store
+
+    def key(**kw):
+        return store.key_of(T.model_config(TINY, dataset="mnist", n_train=100, epochs=2, batch_size=32, lr=1e-3,
+                                           seed=0, **kw))
+
+    assert key() == key(lr_schedule="constant")  # models trained before schedules existed keep their keys
+    assert len({key(), key(lr_schedule="cosine"), key(lr_schedule="onecycle")}) == 3
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        key(lr_schedule="linear")
+
+
+def test_a_schedule_needs_to_know_the_number_of_steps(mnist):
+    x = mnist[0][:64]
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        T.fit(M.build(TINY), x, epochs=1, device="cpu", progress=False, lr_schedule="step")
+    batches = (b for b in [x[:32], x[32:]])  # a generator has no len()
+    with pytest.raises(ValueError, match="needs the number of steps"):
+        T.fit(M.build(TINY), batches, epochs=1, device="cpu", progress=False, lr_schedule="onecycle")
