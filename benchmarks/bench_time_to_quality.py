@@ -47,6 +47,17 @@ CANDIDATES = {
         ("6 ep, batch 128, one-cycle 3e-3", {"epochs": 6, "batch_size": 128, "lr": 3e-3, "lr_schedule": "onecycle"}),
         ("10 ep, batch 256, one-cycle 4e-3", {"epochs": 10, "batch_size": 256, "lr": 4e-3, "lr_schedule": "onecycle"}),
     ],
+    "vae-32-gaussian": [
+        ("10 ep, batch 128, lr 1e-3 constant (before)", {"epochs": 10, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant"}),
+        ("8 ep, batch 128, one-cycle 3e-3", {"epochs": 8, "batch_size": 128, "lr": 3e-3, "lr_schedule": "onecycle"}),
+        ("8 ep, batch 128, one-cycle 1e-3", {"epochs": 8, "batch_size": 128, "lr": 1e-3, "lr_schedule": "onecycle"}),
+        ("8 ep, batch 128, lr 1e-3 constant", {"epochs": 8, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant"}),
+    ],
+    **{name: [
+        ("20 ep, batch 256, lr 3e-3 constant (before)", {"epochs": 20, "batch_size": 256, "lr": 3e-3, "lr_schedule": "constant"}),
+        ("10 ep, batch 256, one-cycle 1e-2", {"epochs": 10, "batch_size": 256, "lr": 1e-2, "lr_schedule": "onecycle"}),
+        ("10 ep, batch 256, one-cycle 3e-3", {"epochs": 10, "batch_size": 256, "lr": 3e-3, "lr_schedule": "onecycle"}),
+    ] for name in ("ae-sig-128", "cae-128")},
     "vae-2": [
         ("15 ep, batch 128, lr 1e-3 constant (before)", {"epochs": 15, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant"}),
         ("8 ep, batch 128, one-cycle 3e-3", {"epochs": 8, "batch_size": 128, "lr": 3e-3, "lr_schedule": "onecycle"}),

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--dataset", default="mnist")
         c.add_argument("--seed", type=int, default=0)
         c.add_argument("--models", nargs="*", help="warm only these (names in latentbook.zoo.RECIPES)")
-        c.add_argument("--jobs", default="1", help="train this many models at once (auto: one per two CPU cores)")
+        c.add_argument("--jobs", default="auto", help="train this many models at once (auto: one per two CPU cores, 1 on a GPU)")
         c.set_defaults(func=func)
 
     args = parser.parse_args(argv)

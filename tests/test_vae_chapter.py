@@ -260,7 +260,8 @@ def test_chapter_recipes_build_and_train_options_are_accepted():
     # one budget for the whole comparison, so the models differ only in what the chapter varies; β = 1 is vae-32
     base = sweep[1]
     assert dataclasses.replace(base, about="") == dataclasses.replace(zoo.recipe("vae-32"), about="")
-    for name in ("vae-32-anneal", "vae-32-freebits", "vae-32-gaussian", *[f"vae-32-beta{b:g}" for b in (0.5, 2, 4, 8)]):
+    # (not the Gaussian decoder's: a one-cycle schedule made its reconstructions worse; it trains longer)
+    for name in ("vae-32-anneal", "vae-32-freebits", *[f"vae-32-beta{b:g}" for b in (0.5, 2, 4, 8)]):
         assert zoo.recipe(name).epochs == base.epochs and zoo.recipe(name).batch_size == base.batch_size, name
 
 
