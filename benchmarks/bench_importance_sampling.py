@@ -5,7 +5,7 @@
 For the three models of ``zoo.LIKELIHOOD_MODELS`` (from the store: run ``make book`` or ``latentbook warm`` first):
 
 - **layout**: milliseconds per image for k = 5,000 samples of q(z|x), drawn ``batch`` images x ``chunk`` samples
-  per decoder pass (the book uses 50 x 128, the default of ``evaluate.iwae_bounds``);
+  per decoder pass, on one thread (as in a parallel build) and on all (the book uses 1 x 500 on a CPU);
 - **precision**: the same samples z (drawn once in float64) scored by the model in float32 and in float64: the
   largest difference in L_5000 over the images, and the time of each;
 - **images**: the standard error of the mean test NLL over the first n = 100, 250, 500 images, from the stored
@@ -29,7 +29,7 @@ from latentbook.chapter import start
 
 RESULTS = Path(__file__).resolve().parent / "results" / "importance_sampling.json"
 K = 5000
-LAYOUTS = [(50, 128), (10, 250), (1, 1000), (1, 5000)]  # (images, samples) per decoder pass; the book: (50, 128)
+LAYOUTS = [(50, 128), (10, 500), (1, 500), (1, 1000), (1, 5000)]  # (images, samples) per pass; the book: (1, 500)
 
 
 def log_weights_given(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -54,13 +54,18 @@ def main() -> None:
         model, _ = zoo.get(name, run, progress=False)
         res: dict = {"ms_per_image": {}}
         x = x_ll[:20]
-        for batch, chunk in LAYOUTS:
-            gen = torch.Generator().manual_seed(0)
-            t0 = time.perf_counter()
-            for s in range(0, len(x), batch):
-                montecarlo.log_weights(model.encode, model.log_px_given_z, x[s : s + batch], K, chunk_size=chunk,
-                                       generator=gen)
-            res["ms_per_image"][f"{batch} images x {chunk} samples"] = round((time.perf_counter() - t0) / len(x) * 1e3, 1)
+        all_threads = torch.get_num_threads()
+        for threads in sorted({1, all_threads}):
+            torch.set_num_threads(threads)
+            for batch, chunk in LAYOUTS:
+                gen = torch.Generator().manual_seed(0)
+                t0 = time.perf_counter()
+                for s in range(0, len(x), batch):
+                    montecarlo.log_weights(model.encode, model.log_px_given_z, x[s : s + batch], K, chunk_size=chunk,
+                                           generator=gen)
+                res["ms_per_image"][f"{threads} thread(s), {batch} images x {chunk} samples"] = \
+                    round((time.perf_counter() - t0) / len(x) * 1e3, 1)
+        torch.set_num_threads(all_threads)
         x = x_ll[:10]
         eps = torch.randn(K, len(x), model.latent_dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         t0 = time.perf_counter()

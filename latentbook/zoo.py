@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -249,9 +249,14 @@ def likelihood_bounds(name: str, run) -> dict[int, Tensor]:
     images, from the store (computed once: minutes on a CPU at k = 5,000)."""
     model, _ = get(name, run)
     x_ll, ks = likelihood_setup(run)
-    # 50 images x 128 samples per decoder pass: as fast as any layout measured on a CPU, twice as fast as all
-    # 5,000 samples of one image at once for the convolutional VAE (benchmarks/bench_importance_sampling.py)
-    return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
+    if run.device.type == "cuda":
+        return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
+    # On a CPU about 500 samples per decoder pass: on one thread 2.1x faster than 50 images x 128 samples for the
+    # convolutional VAE, whose activations then stay in the cache (1.1x for the MLP's); on two threads a tie
+    # (benchmarks/bench_importance_sampling.py).
+    chunk = min(max(ks), 500)
+    return evaluate.iwae_bounds(model, x_ll, ks, batch_size=max(1, 500 // chunk), chunk_size=chunk, seed=run.seed,
+                                cache=True)
 
 
 def vq_prior(run) -> tuple[nn.Module, nn.Module, train.History]:
@@ -330,9 +335,10 @@ def _training_flops(name: str, run) -> float:
     return flops / len(x) * kw["epochs"] * (kw["n_train"] or 60_000)
 
 
-def _evaluations(names: list[str] | None, chapters: list[str] | None) -> list[tuple[str, Callable[[Any], Any]]]:
-    """The stored evaluations :func:`warm` makes, as ``(label, f(run))``: those of the models ``names`` that the
-    ``chapters`` read (all when None)."""
+def _evaluations(names: list[str] | None,
+                 chapters: list[str] | None) -> list[tuple[str, str, Callable[[Any], Any]]]:
+    """The stored evaluations :func:`warm` makes, as ``(label, model name, f(run))``: those of the models ``names``
+    that the ``chapters`` read (all when None)."""
     readers = ("vae", "side-by-side")  # of the likelihood bounds
     table = [*((f"{n}: importance-weighted bounds on the test set (stored)", n, readers, partial(likelihood_bounds, n))
                for n in LIKELIHOOD_MODELS),
@@ -340,7 +346,7 @@ def _evaluations(names: list[str] | None, chapters: list[str] | None) -> list[tu
               ("vq-vae", "side-by-side"), vq_prior),
              ("ddpm: its samples (stored)", "ddpm", ("diffusion", "side-by-side"), ddpm_samples),
              ("ddpm: its bound on the test set (stored)", "ddpm", ("diffusion", "side-by-side"), ddpm_bound)]
-    return [(label, task) for label, model, read_by, task in table
+    return [(label, model, task) for label, model, read_by, task in table
             if (names is None or model in names) and (chapters is None or set(read_by) & set(chapters))]
 
 
@@ -355,17 +361,27 @@ def _timed(task: Callable[[Any], Any], run) -> float:
     return time.perf_counter() - start
 
 
-def _in_parallel(run, tasks: list[tuple[str, Callable[[Any], Any]]], jobs: int, log) -> None:
-    """Run ``task(run)`` for every ``(label, task)``, ``jobs`` at a time in fresh processes, in the given order.
+def _in_parallel(run, tasks: list[tuple[str, str | None, Callable[[Any], Any]]], jobs: int, log) -> None:
+    """Run ``task(run)`` for every ``(label, after, task)``, ``jobs`` at a time in fresh processes: each as soon as
+    a process is free and the task labelled ``after`` (if any) has finished, the first such in the list first.
     Each result goes to the store (atomic writes; one writer per entry); the first failure cancels what has not
     started and is raised here."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(threads,))
+    waiting, running, finished = list(tasks), {}, set()
     try:
-        futures = {pool.submit(_timed, task, run): label for label, task in tasks}
-        for done in as_completed(futures):
-            log(f"{futures[done]}: {done.result():.0f} s")
+        while waiting or running:
+            for item in [t for t in waiting if t[1] is None or t[1] in finished][: jobs - len(running)]:
+                waiting.remove(item)
+                running[pool.submit(_timed, item[2], run)] = item[0]
+            if not running:
+                raise RuntimeError(f"these tasks wait for tasks that are not in the list: {[t[0] for t in waiting]}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                label = running.pop(future)
+                log(f"{label}: {future.result():.0f} s")
+                finished.add(label)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
@@ -401,12 +417,14 @@ def warm(run, names: list[str] | None = None, log=print, *, chapters: list[str] 
             keys.add(key)
         missing.sort(key=lambda n: _training_flops(n, run), reverse=True)
         data.load(run.dataset, "train", n=1)  # fetched once here, not by two workers at once
-        log(f"training {len(missing)} models, {jobs} at a time ...")
-        _in_parallel(run, [(f"{n} ({recipe(n).about})", partial(get, n)) for n in missing], jobs, log)
-        _in_parallel(run, evaluations, jobs, log)
+        log(f"training {len(missing)} models and making {len(evaluations)} stored evaluations, {jobs} at a time ...")
+        # An evaluation starts as soon as its model is trained (before further models: the longest tasks first)
+        # so that the last minutes do not leave a core idle; models that are not trained here are stored.
+        _in_parallel(run, [*((label, model if model in missing else None, task) for label, model, task in evaluations),
+                           *((n, None, partial(get, n)) for n in missing)], jobs, log)
     for name in model_names:
         log(f"{name}: {recipe(name).about}")
         get(name, run)
-    for label, task in evaluations:
+    for label, _, task in evaluations:
         log(label)
         task(run)

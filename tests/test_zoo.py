@@ -4,6 +4,7 @@ them several at a time (warm --jobs, build's first step)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -61,13 +62,20 @@ def test_training_cost_orders_the_longest_first():
 
 
 def test_parallel_warm_stores_what_serial_training_would(empty_store):
-    """Two models trained in two worker processes (one thread each on two cores) are the models the chapters
-    would train one after the other: same keys, same weights (one thread each way, so bit for bit)."""
+    """Models trained in two worker processes (one thread each on two cores) are the models the chapters would
+    train one after the other: same keys, same weights (one thread each way, so bit for bit); the VAE's stored
+    bounds are computed after the VAE is trained, not before."""
     run = start("smoke", "cpu", quiet=True)
-    names = ["linear-ae-6", "conv-ae-8"]
-    zoo.warm(run, names, log=lambda *a: None, jobs=2)
-    stored = {e["key"] for e in store.info(empty_store).entries}
+    names = ["linear-ae-6", "conv-ae-8", "vae-2"]
+    lines = []
+    zoo.warm(run, names, log=lines.append, jobs=2)
+    stored = {e["key"] for e in store.info(empty_store).entries if e["config"]["kind"] == "model"}
     assert stored == {store.key_of(zoo.config(n, run)) for n in names}
+    assert [e["config"]["kind"] for e in store.info(empty_store).entries].count("result") == 1
+    trained = next(i for i, line in enumerate(lines) if re.fullmatch(r"vae-2: \d+ s", line))
+    bounds = next(i for i, line in enumerate(lines) if line.startswith("vae-2: importance-weighted bounds"))
+    assert trained < bounds
+    names = names[:2]
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # as each worker
     try:
@@ -103,3 +111,9 @@ def test_build_trains_the_models_of_due_chapters_first(monkeypatch, tmp_path):
     assert build.pretrain(ROOT, smoke, tmp_path, only=None, force=False, jobs=None) == []  # seconds each: serial
     assert calls == []
 
+
+
+def test_a_task_waiting_for_a_missing_task_is_an_error_not_a_hang():
+    run = start("smoke", "cpu", quiet=True)
+    with pytest.raises(RuntimeError, match="wait for tasks that are not in the list"):
+        zoo._in_parallel(run, [("bounds", "no-such-model", zoo.ddpm_bound)], 2, log=lambda *a: None)
