@@ -365,8 +365,6 @@ def iwae_bounds(
     params = {"ks": sorted(set(ks)), "batch_size": batch_size, "seed": seed, "device": device.type}
     if chunk_size != 128:  # absent at the default, so that earlier stored results keep their keys
         params["chunk_size"] = chunk_size
-    if chunk_size != 128:  # absent at the default, so that earlier stored results keep their keys
-        params["chunk_size"] = chunk_size
     found = cached_result("iwae_bounds", vae, x, params, lambda: {str(k): v for k, v in compute().items()},
                           cache_dir=cache_dir)
     return {k: found[str(k)] for k in ks}

@@ -250,8 +250,8 @@ def likelihood_bounds(name: str, run) -> dict[int, Tensor]:
     x_ll, ks = likelihood_setup(run)
     if run.device.type == "cuda":
         return evaluate.iwae_bounds(model, x_ll, ks, seed=run.seed, cache=True)
-    # On a CPU about 500 samples per decoder pass: on one thread 2.1x faster than 50 images x 128 samples for the
-    # convolutional VAE, whose activations then stay in the cache (1.1x for the MLP's); on two threads a tie
+    # On a CPU about 500 samples per decoder pass: on one thread (a parallel build's workers) within a few percent of
+    # 50 images x 128 samples for the MLP VAEs, 8% faster for the conv VAE; on two threads a tie
     # (benchmarks/bench_importance_sampling.py).
     chunk = min(max(ks), 500)
     return evaluate.iwae_bounds(model, x_ll, ks, batch_size=max(1, 500 // chunk), chunk_size=chunk, seed=run.seed,
