@@ -299,9 +299,10 @@ def default_jobs(device: torch.device) -> int:
     """How many models :func:`warm` trains at once by default: on a CPU, one per two cores (one per core on a
     machine of two), each process with the remaining cores as threads; on a GPU, one (not measured yet).
 
-    Why: these small networks use a second thread poorly (1.8 s an epoch on one thread, 1.3 s on two), so two
-    single-threaded trainings on two cores finish 1.2-1.26x sooner than one after the other
-    (``benchmarks/bench_parallel_warm.py``); on 16 cores eight 2-threaded jobs keep every core busy."""
+    Why: these small networks use a second thread poorly (an epoch of vae-32 on 20,000 images: 1.8 s on one
+    thread, 1.3 s on two), so two single-threaded trainings on two cores finish sooner than one after the other
+    (1.14x for four models, process start-up included: ``benchmarks/bench_parallel_warm.py``); on 16 cores eight
+    2-threaded jobs keep every core busy."""
     if device.type != "cpu":
         return 1
     cores = os.cpu_count() or 1
