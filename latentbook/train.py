@@ -184,6 +184,12 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
 
+def _check_lr_schedule(kind: Any) -> str:
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    return kind
+
+
 def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, lr: float,
                      total_steps: int | None) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The learning-rate schedule stepped once per batch: ``None`` for ``"constant"`` (``lr`` throughout);
@@ -191,9 +197,7 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, kind: str, lr: float,
     Topin's one-cycle policy, up from ``lr/25`` to the peak ``lr`` over the first 30% of the steps, then a
     cosine down to ``lr/25e4``, with Adam's β1 cycled opposite (0.95 -> 0.85 -> 0.95), as torch's
     ``OneCycleLR``. ``benchmarks/bench_time_to_quality.py`` measures what each buys."""
-    if kind not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
-    if kind == "constant":
+    if _check_lr_schedule(kind) == "constant":
         return None
     if not total_steps:
         raise ValueError(f"lr_schedule={kind!r} needs the number of steps: pass a tensor x_train or an "
@@ -472,9 +476,7 @@ def model_config(
         "lr": float(lr), "loss_kwargs": dict(loss_kwargs or {}), "binarize": binarize,
         "kl_warmup_epochs": checks.integer("kl_warmup_epochs", kl_warmup_epochs, minimum=0),
     }
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-    if lr_schedule != "constant":  # absent for a constant rate, so the keys of earlier models stand
+    if _check_lr_schedule(lr_schedule) != "constant":  # absent for a constant rate, so the keys of earlier models stand
         recipe["lr_schedule"] = lr_schedule
     versions = {**models.versions_of(type(model)), "trainer": VERSION, "losses": losses.VERSION, "data": data.VERSION}
     if corruption is not None:

@@ -145,7 +145,6 @@ RECIPES.update({f"cvae-{d}": replace(RECIPES[f"vae-{d}"], spec={"arch": "cvae", 
 # The chapters that use each model, in book order: the first trains it in a cold build. A parallel build trains the
 # models of the chapters it is about to execute (build --jobs); tests/test_full_book.py checks this table against
 # the store entries each executed chapter recorded.
-_VAE32_LIKE = ("vae", "vq-vae")
 CHAPTERS: dict[str, tuple[str, ...]] = {
     "ae-2": ("autoencoders", "side-by-side"),
     "ae-32": ("autoencoders", "regularised", "applications", "side-by-side"),
@@ -157,7 +156,7 @@ CHAPTERS: dict[str, tuple[str, ...]] = {
     "vae-2": ("latent-variable-models", "vae", "conditional-vae", "diffusion", "side-by-side"),
     "vae-32": ("latent-variable-models", "reparameterisation", "vae", "conditional-vae", "vq-vae", "diffusion",
                "side-by-side"),
-    **dict.fromkeys(("vae-32-beta0.5", "vae-32-beta2", "vae-32-beta8"), _VAE32_LIKE),
+    **dict.fromkeys(("vae-32-beta0.5", "vae-32-beta2", "vae-32-beta8"), ("vae", "vq-vae")),
     **dict.fromkeys(("vae-32-beta1", "vae-32-beta4"), ("vae", "conditional-vae", "vq-vae")),
     **dict.fromkeys(("vae-32-gaussian", "vae-32-anneal", "vae-32-freebits", "conv-vae-32"), ("vae",)),
     "digit-classifier": ("vae", "conditional-vae", "vq-vae", "diffusion", "side-by-side"),
@@ -411,8 +410,9 @@ def warm(run, names: list[str] | None = None, log=print, *, chapters: list[str] 
     if jobs > 1:
         missing, keys = [], set()
         for name in model_names:
-            key = store.key_of(config(name, run))
-            if key not in keys and store.get(config(name, run), fetch=False) is None:  # vae-32-beta1 *is* vae-32
+            cfg = config(name, run)
+            key = store.key_of(cfg)
+            if key not in keys and store.get(cfg, fetch=False) is None:  # two names of one recipe: trained once
                 missing.append(name)
             keys.add(key)
         missing.sort(key=lambda n: _training_flops(n, run), reverse=True)
